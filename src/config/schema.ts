@@ -1,0 +1,135 @@
+// The configuration file's schema. One source of truth: the TypeScript types are derived
+// from it, the loader validates against it, and `ztgw schema` / the test in schema.test.ts
+// keep the published JSON Schema (ztgw.schema.json, for editors) identical to it.
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+
+const Strict = { additionalProperties: false } as const;
+
+const Milliseconds = (def: number, description: string) =>
+  Type.Integer({ minimum: 1, maximum: 3_600_000, default: def, description });
+
+const Listener = (host: string, port: number, description: string) =>
+  Type.Object(
+    {
+      host: Type.String({ minLength: 1, default: host, description: 'Address to bind.' }),
+      port: Type.Integer({ minimum: 0, maximum: 65535, default: port, description: 'TCP port; 0 picks a free one.' }),
+    },
+    { ...Strict, default: {}, description },
+  );
+
+const Server = Type.Object(
+  {
+    listen: Listener('127.0.0.1', 8080, 'Data plane: where employees connect.'),
+    admin: Listener('127.0.0.1', 9090, 'Admin plane: /healthz, /readyz, /metrics. Keep it off public interfaces.'),
+    trustedProxies: Type.Array(Type.String({ minLength: 1 }), {
+      default: [],
+      description:
+        'Peers (IPs or CIDRs, or "loopback", "linklocal", "uniquelocal") whose X-Forwarded-* and X-Request-Id headers are believed. Everyone else has them replaced.',
+    }),
+    limits: Type.Object(
+      {
+        maxBodyBytes: Type.Integer({ minimum: 0, default: 10 * 1024 * 1024, description: 'Largest request body; larger gets 413.' }),
+        maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024, default: 16 * 1024, description: 'Largest request head (Node maxHeaderSize); larger gets 431.' }),
+      },
+      { ...Strict, default: {} },
+    ),
+    timeouts: Type.Object(
+      {
+        requestMs: Milliseconds(60_000, 'Whole request, client to gateway (Node requestTimeout).'),
+        headersMs: Milliseconds(10_000, 'Time for a client to send its request head (slowloris guard).'),
+        keepAliveMs: Milliseconds(5_000, 'Idle keep-alive time for client connections.'),
+        upstreamMs: Milliseconds(30_000, 'Default time to wait for an upstream, per route overridable.'),
+        shutdownMs: Milliseconds(10_000, 'On SIGTERM, how long in-flight requests may take before the process exits.'),
+      },
+      { ...Strict, default: {} },
+    ),
+    logLevel: Type.Union(
+      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+      { default: 'info' },
+    ),
+    profiling: Type.Boolean({
+      default: false,
+      description: 'Expose /debug/profile/cpu and /debug/profile/heap on the admin plane.',
+    }),
+  },
+  { ...Strict, default: {} },
+);
+
+const Algorithm = Type.Union(
+  ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519', 'HS256', 'HS384', 'HS512'].map((a) =>
+    Type.Literal(a),
+  ),
+  { description: 'A JWS algorithm. "none" is never accepted.' },
+);
+
+const Issuer = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$', description: 'Short name used in logs and by routes.' }),
+    issuer: Type.String({ minLength: 1, description: 'Expected "iss" claim, exactly.' }),
+    audiences: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Accepted "aud" values; a token must carry one.' }),
+    algorithms: Type.Array(Algorithm, { minItems: 1, uniqueItems: true }),
+    jwksUrl: Type.Optional(Type.String({ format: 'uri', description: 'Remote JWKS; cached, refetched on an unknown kid.' })),
+    jwksFile: Type.Optional(Type.String({ minLength: 1, description: 'Local JWKS file, relative to this config file.' })),
+    secret: Type.Optional(Type.String({ minLength: 32, description: 'Shared secret for HS* algorithms (use ${ENV} for it).' })),
+    clockToleranceS: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
+    groupsClaim: Type.String({ minLength: 1, default: 'groups' }),
+    jwksCacheMaxAgeS: Type.Integer({ minimum: 1, default: 600, description: 'Refetch the JWKS at least this often.' }),
+    jwksCooldownS: Type.Integer({ minimum: 0, default: 30, description: 'Least time between refetches caused by unknown kids.' }),
+    jwksTimeoutMs: Type.Integer({ minimum: 1, default: 5000 }),
+  },
+  Strict,
+);
+
+const Identity = Type.Object(
+  {
+    issuers: Type.Array(Issuer, { default: [] }),
+    tokenCache: Type.Object(
+      {
+        maxEntries: Type.Integer({ minimum: 0, default: 10_000, description: '0 turns the verified-token cache off.' }),
+        maxTtlS: Type.Integer({ minimum: 1, default: 300, description: 'A cached verification is redone at least this often.' }),
+      },
+      { ...Strict, default: {} },
+    ),
+  },
+  { ...Strict, default: {} },
+);
+
+const Route = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }),
+    hosts: Type.Optional(
+      Type.Array(Type.String({ minLength: 1 }), {
+        minItems: 1,
+        description: 'Host names this route answers ("*.example.com" allowed). Omit for any host.',
+      }),
+    ),
+    pathPrefix: Type.String({ pattern: '^/', description: 'Longest matching prefix wins. "/api/" matches "/api/x" and "/api".' }),
+    upstream: Type.String({ format: 'uri', pattern: '^https?://', description: 'Base URL; its path is prepended to the forwarded path.' }),
+    stripPrefix: Type.Boolean({ default: false, description: 'Remove pathPrefix before forwarding.' }),
+    public: Type.Boolean({ default: false, description: 'Skip authentication. Off unless said explicitly.' }),
+    issuers: Type.Optional(Type.Array(Type.String(), { minItems: 1, description: 'Issuer names accepted here; default all.' })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
+    websocket: Type.Boolean({ default: false, description: 'Allow WebSocket upgrades (after authentication).' }),
+  },
+  Strict,
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    $schema: Type.Optional(Type.String()),
+    server: Server,
+    identity: Identity,
+    routes: Type.Array(Route, { minItems: 1 }),
+  },
+  { ...Strict, $id: 'https://zt-gateway.local/schema/config.json', title: 'zt-gateway configuration' },
+);
+
+export type Config = Static<typeof ConfigSchema>;
+export type IssuerConfig = Static<typeof Issuer>;
+export type RouteConfig = Static<typeof Route>;
+export type ServerConfig = Static<typeof Server>;
+
+/** The schema as plain JSON (TypeBox adds symbol keys that JSON drops). */
+export function jsonSchema(schema: TSchema = ConfigSchema): unknown {
+  return JSON.parse(JSON.stringify(schema));
+}

@@ -1,0 +1,79 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+/** What a route compiles to: everything the request path needs, nothing it must re-derive. */
+export interface CompiledRoute {
+  readonly name: string;
+  /** Lower-case host patterns; undefined = any host. "*.x.com" matches one or more labels. */
+  readonly hosts: readonly string[] | undefined;
+  /** Always ends without a trailing slash unless it is "/" itself; matching is segment-aware. */
+  readonly pathPrefix: string;
+  /** Origin of the upstream, e.g. "http://10.0.0.5:8080". */
+  readonly upstreamOrigin: string;
+  /** Path of the upstream base URL without trailing slash ("" for none). */
+  readonly upstreamBasePath: string;
+  readonly stripPrefix: boolean;
+  readonly public: boolean;
+  /** Issuer names accepted on this route. */
+  readonly issuers: readonly string[];
+  readonly timeoutMs: number;
+  readonly websocket: boolean;
+}
+
+export interface Identity {
+  readonly subject: string;
+  readonly issuer: string;
+  /** The configured issuer name (not the URL), for logs and metrics. */
+  readonly issuerName: string;
+  readonly groups: readonly string[];
+  readonly claims: Readonly<Record<string, unknown>>;
+  /** Seconds since epoch. */
+  readonly expiresAt: number | undefined;
+}
+
+/**
+ * One request's journey through the pipeline. The fields above the line exist from the start;
+ * each stage fills in its own result below it. Stages read earlier results, never raw config.
+ */
+export interface RequestContext {
+  readonly id: string;
+  readonly method: string;
+  /** Request target as received, before any normalisation. */
+  readonly rawUrl: string;
+  readonly headers: IncomingHttpHeaders;
+  /** Address of the TCP peer (maybe a proxy). */
+  readonly peerIp: string;
+  /** True when the data plane terminated TLS for this connection. */
+  readonly tls: boolean;
+  readonly isUpgrade: boolean;
+
+  // hygiene
+  /** Normalised path: dot segments resolved, duplicate slashes merged, unreserved chars decoded. */
+  path: string;
+  /** True when the raw path had dot segments (they must not cross the route prefix). */
+  hadDotSegments: boolean;
+  /** Path exactly as the client sent it, minus the query. */
+  rawPath: string;
+  /** Query string including the leading "?", or "". */
+  query: string;
+  /** Lower-case host without port, from Host (or X-Forwarded-Host from a trusted proxy). */
+  host: string;
+  /** The real client: the peer, or the first untrusted hop of X-Forwarded-For. */
+  clientIp: string;
+  /** X-Forwarded-For value to send upstream. */
+  forwardedFor: string;
+  /** Scheme the client used (http/https), trusted-proxy aware. */
+  forwardedProto: string;
+  /** Host the client addressed, with port, for X-Forwarded-Host. */
+  forwardedHost: string;
+
+  // route
+  route?: CompiledRoute;
+  /** Path to request from the upstream (base path + maybe-stripped path). */
+  upstreamPath?: string;
+
+  // authn
+  identity?: Identity;
+}
+
+/** A stage adds its result to the context or throws a ZtError. Sync when it can be: no promise on the fast path. */
+export type Stage = (ctx: RequestContext) => void | Promise<void>;

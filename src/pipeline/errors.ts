@@ -1,0 +1,103 @@
+// Every failure a client can see is one of these classes. Stages throw them; only
+// observability/problem.ts turns them into responses. The `code` is stable (logs,
+// metrics, the problem `code` member); the `cause` is for logs and never leaves the
+// process. Shape follows jose's src/util/errors.ts.
+
+export abstract class ZtError extends Error {
+  static readonly code: string;
+  abstract readonly code: string;
+  abstract readonly status: number;
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The request target is ambiguous or malformed (path confusion, bad encoding). */
+export class BadPathError extends ZtError {
+  static override readonly code = 'ERR_BAD_PATH';
+  readonly code = BadPathError.code;
+  readonly status = 400;
+}
+
+/** A header or framing problem that makes the request unsafe to interpret. */
+export class BadRequestError extends ZtError {
+  static override readonly code = 'ERR_BAD_REQUEST';
+  readonly code = BadRequestError.code;
+  readonly status = 400;
+}
+
+export class RouteNotFoundError extends ZtError {
+  static override readonly code = 'ERR_ROUTE_NOT_FOUND';
+  readonly code = RouteNotFoundError.code;
+  readonly status = 404;
+}
+
+export class PayloadTooLargeError extends ZtError {
+  static override readonly code = 'ERR_PAYLOAD_TOO_LARGE';
+  readonly code = PayloadTooLargeError.code;
+  readonly status = 413;
+}
+
+/** No credentials were presented (RFC 6750 §3.1: answer without an error code). */
+export class MissingTokenError extends ZtError {
+  static override readonly code = 'ERR_MISSING_TOKEN';
+  readonly code = MissingTokenError.code;
+  readonly status = 401;
+}
+
+/** A token was presented and refused. The message is generic on purpose; detail goes in `cause`. */
+export class InvalidTokenError extends ZtError {
+  static override readonly code = 'ERR_INVALID_TOKEN';
+  readonly code = InvalidTokenError.code;
+  readonly status = 401;
+}
+
+/** The issuer's keys could not be fetched: the token could not be checked, so it is refused. */
+export class IssuerUnavailableError extends ZtError {
+  static override readonly code = 'ERR_ISSUER_UNAVAILABLE';
+  readonly code = IssuerUnavailableError.code;
+  readonly status = 503;
+}
+
+export class UpstreamUnreachableError extends ZtError {
+  static override readonly code = 'ERR_UPSTREAM_UNREACHABLE';
+  readonly code = UpstreamUnreachableError.code;
+  readonly status = 502;
+}
+
+export class UpstreamTimeoutError extends ZtError {
+  static override readonly code = 'ERR_UPSTREAM_TIMEOUT';
+  readonly code = UpstreamTimeoutError.code;
+  readonly status = 504;
+}
+
+/** The gateway is draining for shutdown and takes no new work. */
+export class ShuttingDownError extends ZtError {
+  static override readonly code = 'ERR_SHUTTING_DOWN';
+  readonly code = ShuttingDownError.code;
+  readonly status = 503;
+}
+
+/** Anything unexpected. Never carries detail to the client. */
+export class InternalError extends ZtError {
+  static override readonly code = 'ERR_INTERNAL';
+  readonly code = InternalError.code;
+  readonly status = 500;
+}
+
+/** The closed set, for the problem mapper and for the test that every code is mapped. */
+export const ALL_ERRORS = [
+  BadPathError,
+  BadRequestError,
+  RouteNotFoundError,
+  PayloadTooLargeError,
+  MissingTokenError,
+  InvalidTokenError,
+  IssuerUnavailableError,
+  UpstreamUnreachableError,
+  UpstreamTimeoutError,
+  ShuttingDownError,
+  InternalError,
+] as const;
