@@ -1,4 +1,5 @@
-import type { IncomingHttpHeaders } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -77,3 +78,36 @@ export interface RequestContext {
 
 /** A stage adds its result to the context or throws a ZtError. Sync when it can be: no promise on the fast path. */
 export type Stage = (ctx: RequestContext) => void | Promise<void>;
+
+// A request id from a trusted proxy is kept (so one id follows the request across hops)
+// only if it looks like an id, not like a log-injection payload.
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean): RequestContext {
+  return {
+    id,
+    method: raw.method ?? 'GET',
+    rawUrl: raw.url ?? '',
+    headers: raw.headers,
+    peerIp: raw.socket.remoteAddress ?? '',
+    tls: 'encrypted' in raw.socket && raw.socket.encrypted === true,
+    isUpgrade,
+    path: '',
+    hadDotSegments: false,
+    rawPath: '',
+    query: '',
+    host: '',
+    clientIp: '',
+    forwardedFor: '',
+    forwardedProto: '',
+    forwardedHost: '',
+  };
+}
+
+export function requestIdFor(raw: IncomingMessage, trust: (addr: string, hop: number) => boolean): string {
+  const incoming = raw.headers['x-request-id'];
+  if (typeof incoming === 'string' && REQUEST_ID.test(incoming) && trust(raw.socket.remoteAddress ?? '', 0)) {
+    return incoming;
+  }
+  return randomUUID();
+}

@@ -1,0 +1,81 @@
+// Config → Runtime. Everything expensive or fallible happens here, once: parsing keys,
+// building the routes table, compiling trust rules. The request path reads only the
+// frozen Runtime it started with; a reload compiles a new one and swaps the reference.
+import proxyaddr from 'proxy-addr';
+import { createHash } from 'node:crypto';
+import type { Config, RouteConfig } from './schema.ts';
+import type { CompiledRoute, Stage } from '../pipeline/context.ts';
+import { compileIssuer, type CompiledIssuer } from '../identity/issuers.ts';
+import { createTokenCache } from '../identity/token-cache.ts';
+import { createHygieneStage } from '../pipeline/hygiene.ts';
+import { canonicalPrefix, createRouteStage } from '../pipeline/route.ts';
+import { createAuthnStage } from '../pipeline/authn.ts';
+import { pipelineOf } from '../pipeline/run.ts';
+
+export interface Runtime {
+  readonly config: Readonly<Config>;
+  /** Short content hash of the config, for logs: which config served a request. */
+  readonly version: string;
+  readonly routes: readonly CompiledRoute[];
+  readonly issuers: readonly CompiledIssuer[];
+  readonly stages: readonly Stage[];
+  /** Is this peer (at this hop) a trusted proxy? proxy-addr's compiled matcher. */
+  readonly trust: (addr: string, hop: number) => boolean;
+}
+
+/** The one mutable reference: reloads swap it, requests read it once at their start. */
+export interface RuntimeHolder {
+  current: Runtime;
+}
+
+export interface CompileDeps {
+  /** Directory relative paths in the config resolve against. */
+  readonly configDir: string;
+  readonly now?: () => number;
+}
+
+function compileRoute(route: RouteConfig, config: Config): CompiledRoute {
+  const upstream = new URL(route.upstream);
+  const basePath = upstream.pathname.replace(/\/+$/, '');
+  return Object.freeze({
+    name: route.name,
+    hosts: route.hosts === undefined || route.hosts.includes('*') ? undefined : Object.freeze(route.hosts.map((h) => h.toLowerCase())),
+    pathPrefix: canonicalPrefix(route.pathPrefix),
+    upstreamOrigin: upstream.origin,
+    upstreamBasePath: basePath,
+    stripPrefix: route.stripPrefix,
+    public: route.public,
+    issuers: Object.freeze(route.issuers ?? config.identity.issuers.map((i) => i.name)),
+    timeoutMs: route.timeoutMs ?? config.server.timeouts.upstreamMs,
+    websocket: route.websocket,
+  });
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+export function compileRuntime(config: Config, deps: CompileDeps): Runtime {
+  const frozen = deepFreeze(structuredClone(config));
+  const issuers = frozen.identity.issuers.map((i) => compileIssuer(i, { configDir: deps.configDir }));
+  const routes = frozen.routes.map((r) => compileRoute(r, frozen));
+  const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
+  const stages = pipelineOf({
+    hygiene: createHygieneStage({
+      trust,
+      maxBodyBytes: frozen.server.limits.maxBodyBytes,
+    }),
+    route: createRouteStage(routes),
+    authn: createAuthnStage({
+      issuers: new Map(issuers.map((i) => [i.issuer, i])),
+      cache: createTokenCache(frozen.identity.tokenCache),
+      now: deps.now,
+    }),
+  });
+  const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
+  return Object.freeze({ config: frozen, version, routes: Object.freeze(routes), issuers: Object.freeze(issuers), stages, trust });
+}

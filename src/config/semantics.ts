@@ -1,0 +1,111 @@
+// Rules a JSON Schema cannot express: uniqueness across array items, references between
+// sections, and "exactly one of" with readable messages. Runs on a schema-valid Config and
+// returns paths rather than positions, so it stays independent of YAML; load.ts maps
+// each path back to a line and column.
+import proxyaddr from 'proxy-addr';
+import type { Config, IssuerConfig, RouteConfig } from './schema.ts';
+
+export type ConfigPath = (string | number)[];
+export interface SemanticIssue {
+  path: ConfigPath;
+  message: string;
+}
+
+const KEY_SOURCES = ['jwksUrl', 'jwksFile', 'secret'] as const;
+const isHmac = (alg: string) => alg.startsWith('HS');
+
+export function checkSemantics(config: Config): SemanticIssue[] {
+  return [
+    ...duplicateNames(config.identity.issuers, ['identity', 'issuers'], 'issuer'),
+    ...duplicateNames(config.routes, ['routes'], 'route'),
+    ...config.identity.issuers.flatMap((issuer, i) => issuerKeys(issuer, ['identity', 'issuers', i])),
+    ...routeIssuers(config),
+    ...duplicateMatches(config.routes),
+    ...trustedProxies(config.server.trustedProxies),
+  ];
+}
+
+function duplicateNames(items: readonly { name: string }[], at: ConfigPath, what: string): SemanticIssue[] {
+  const seen = new Map<string, number>();
+  const issues: SemanticIssue[] = [];
+  items.forEach(({ name }, i) => {
+    const first = seen.get(name);
+    if (first === undefined) seen.set(name, i);
+    else issues.push({ path: [...at, i, 'name'], message: `duplicate ${what} name "${name}" (first used at index ${first})` });
+  });
+  return issues;
+}
+
+function issuerKeys(issuer: IssuerConfig, at: ConfigPath): SemanticIssue[] {
+  const sources = KEY_SOURCES.filter((k) => issuer[k] !== undefined);
+  if (sources.length !== 1) {
+    const found = sources.length === 0 ? 'none' : sources.join(', ');
+    return [{ path: at, message: `set exactly one of ${KEY_SOURCES.join(', ')} (found: ${found})` }];
+  }
+  // Mixing HMAC and public-key algorithms on one issuer is the classic algorithm-confusion
+  // hole: a token signed with HS256 using the *public* key as the secret would verify.
+  // So a secret admits only HS*, and a key set admits no HS*.
+  const hasSecret = sources[0] === 'secret';
+  return issuer.algorithms.flatMap((alg, j) =>
+    isHmac(alg) === hasSecret
+      ? []
+      : [
+          {
+            path: [...at, 'algorithms', j],
+            message: hasSecret
+              ? `${alg} cannot be used with "secret"; a secret issuer accepts only HS256, HS384, HS512`
+              : `${alg} needs "secret"; an issuer with jwksUrl or jwksFile accepts only asymmetric algorithms`,
+          },
+        ],
+  );
+}
+
+function routeIssuers(config: Config): SemanticIssue[] {
+  const known = config.identity.issuers.map((i) => i.name);
+  return config.routes.flatMap((route, i) => {
+    if (!route.public && known.length === 0) {
+      return [
+        {
+          path: ['routes', i],
+          message: `route "${route.name}" requires authentication but identity.issuers is empty; add an issuer or set public: true`,
+        },
+      ];
+    }
+    return (route.issuers ?? []).flatMap((name, j) =>
+      known.includes(name)
+        ? []
+        : [{ path: ['routes', i, 'issuers', j], message: `unknown issuer "${name}" (configured: ${known.join(', ') || 'none'})` }],
+    );
+  });
+}
+
+// Two routes with the same hosts and prefix make the second unreachable, silently.
+function duplicateMatches(routes: readonly RouteConfig[]): SemanticIssue[] {
+  const seen = new Map<string, number>();
+  const issues: SemanticIssue[] = [];
+  routes.forEach((route, i) => {
+    // Host names compare case-insensitively; no hosts (any host) is its own key, `null`.
+    const hosts = route.hosts ? [...new Set(route.hosts.map((h) => h.toLowerCase()))].sort() : null;
+    const key = JSON.stringify([hosts, route.pathPrefix]);
+    const first = seen.get(key);
+    if (first === undefined) seen.set(key, i);
+    else
+      issues.push({
+        path: ['routes', i, 'pathPrefix'],
+        message: `same hosts and pathPrefix as route "${routes[first]?.name}"; one of them can never match`,
+      });
+  });
+  return issues;
+}
+
+function trustedProxies(entries: readonly string[]): SemanticIssue[] {
+  return entries.flatMap((entry, i) => {
+    try {
+      proxyaddr.compile(entry);
+      return [];
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      return [{ path: ['server', 'trustedProxies', i], message: `not an IP, CIDR or loopback|linklocal|uniquelocal (${why})` }];
+    }
+  });
+}

@@ -1,0 +1,127 @@
+// The one place that turns errors into what a client sees: RFC 9457 problem documents,
+// with the RFC 6750 challenge on 401 and Retry-After on 503. Nothing internal leaks: the
+// detail is fixed per code, the error's cause stays in the logs.
+import {
+  ALL_ERRORS,
+  InternalError,
+  ZtError,
+  BadPathError,
+  BadRequestError,
+  IssuerUnavailableError,
+  InvalidTokenError,
+  MissingTokenError,
+  PayloadTooLargeError,
+  RouteNotFoundError,
+  ShuttingDownError,
+  UpstreamTimeoutError,
+  UpstreamUnreachableError,
+} from '../pipeline/errors.ts';
+
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+const REALM = 'zt-gateway';
+
+interface ProblemSpec {
+  slug: string;
+  title: string;
+  detail: string;
+  headers?: Record<string, string>;
+}
+
+// Keyed by error code; the test in problem.test.ts fails when a code has no entry.
+export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
+  [BadPathError.code]: {
+    slug: 'bad-path',
+    title: 'Bad request path',
+    detail: 'The request path is ambiguous or malformed and was not forwarded.',
+  },
+  [BadRequestError.code]: {
+    slug: 'bad-request',
+    title: 'Bad request',
+    detail: 'The request is malformed and was not forwarded.',
+  },
+  [RouteNotFoundError.code]: {
+    slug: 'route-not-found',
+    title: 'Not found',
+    detail: 'No route is configured for this host and path.',
+  },
+  [PayloadTooLargeError.code]: {
+    slug: 'payload-too-large',
+    title: 'Payload too large',
+    detail: 'The request body exceeds the size this gateway accepts.',
+  },
+  [MissingTokenError.code]: {
+    slug: 'authentication-required',
+    title: 'Authentication required',
+    detail: 'Send an access token in the Authorization header: "Authorization: Bearer <token>".',
+    // RFC 6750 §3.1: no error code when the request carried no credentials at all.
+    headers: { 'www-authenticate': `Bearer realm="${REALM}"` },
+  },
+  [InvalidTokenError.code]: {
+    slug: 'invalid-token',
+    title: 'Invalid access token',
+    detail: 'The access token is invalid, expired, or not accepted here. Sign in again to get a new one.',
+    headers: {
+      'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The access token is invalid or expired"`,
+    },
+  },
+  [IssuerUnavailableError.code]: {
+    slug: 'issuer-unavailable',
+    title: 'Cannot verify credentials right now',
+    detail: 'The identity provider could not be reached to verify the token. Try again shortly.',
+    headers: { 'retry-after': '5' },
+  },
+  [UpstreamUnreachableError.code]: {
+    slug: 'upstream-unreachable',
+    title: 'Bad gateway',
+    detail: 'The service behind this route could not be reached.',
+  },
+  [UpstreamTimeoutError.code]: {
+    slug: 'upstream-timeout',
+    title: 'Gateway timeout',
+    detail: 'The service behind this route did not answer in time.',
+  },
+  [ShuttingDownError.code]: {
+    slug: 'shutting-down',
+    title: 'Service unavailable',
+    detail: 'This gateway instance is shutting down. Retry the request.',
+    headers: { 'retry-after': '1', connection: 'close' },
+  },
+  [InternalError.code]: {
+    slug: 'internal',
+    title: 'Internal error',
+    detail: 'The gateway failed to process the request. Quote the request id when reporting it.',
+  },
+};
+
+export interface Problem {
+  status: number;
+  headers: Record<string, string>;
+  body: {
+    type: string;
+    title: string;
+    status: number;
+    detail: string;
+    code: string;
+    requestId: string;
+  };
+}
+
+/** Unknown errors become a 500 with no detail; the caller logs the original. */
+export function toProblem(err: unknown, requestId: string): Problem {
+  const zt = err instanceof ZtError ? err : new InternalError('unexpected error', { cause: err });
+  const spec = PROBLEMS[zt.code] ?? PROBLEMS[InternalError.code]!;
+  return {
+    status: zt.status,
+    headers: { 'content-type': PROBLEM_CONTENT_TYPE, 'cache-control': 'no-store', ...spec.headers },
+    body: {
+      type: `urn:zt-gateway:problem:${spec.slug}`,
+      title: spec.title,
+      status: zt.status,
+      detail: spec.detail,
+      code: zt.code,
+      requestId,
+    },
+  };
+}
+
+export const ERROR_CODES: readonly string[] = ALL_ERRORS.map((e) => e.code);

@@ -1,0 +1,39 @@
+// /readyz: is this instance fit to take traffic? Config loaded, not draining, and every
+// configured dependency reachable. Each check names itself so an operator sees which failed.
+import type { Runtime } from '../config/compile.ts';
+
+export interface CheckResult {
+  readonly name: string;
+  readonly ok: boolean;
+  readonly detail?: string;
+}
+
+export interface Readiness {
+  readonly ready: boolean;
+  readonly checks: readonly CheckResult[];
+}
+
+async function checkIssuerKeys(runtime: Runtime): Promise<CheckResult[]> {
+  return Promise.all(
+    runtime.issuers.map(async (issuer): Promise<CheckResult> => {
+      const name = `issuer:${issuer.name}`;
+      if (issuer.remote === undefined) return { name, ok: true, detail: 'static keys' };
+      if (issuer.remote.fresh) return { name, ok: true, detail: 'jwks cached' };
+      try {
+        await issuer.remote.reload(); // bounded by the issuer's jwksTimeoutMs
+        return { name, ok: true, detail: 'jwks fetched' };
+      } catch (err) {
+        return { name, ok: false, detail: `jwks unreachable: ${(err as Error).message}` };
+      }
+    }),
+  );
+}
+
+export async function checkReadiness(runtime: Runtime | undefined, draining: boolean): Promise<Readiness> {
+  const checks: CheckResult[] = [
+    { name: 'config', ok: runtime !== undefined, detail: runtime ? `version ${runtime.version}` : 'not loaded' },
+    { name: 'draining', ok: !draining, detail: draining ? 'shutting down' : undefined },
+  ];
+  if (runtime !== undefined) checks.push(...(await checkIssuerKeys(runtime)));
+  return { ready: checks.every((c) => c.ok), checks };
+}

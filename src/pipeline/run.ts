@@ -1,0 +1,22 @@
+// The request pipeline, in order. Reading this file tells you what happens to a request
+// before it is proxied; each stage is built once per Runtime by its factory.
+import type { RequestContext, Stage } from './context.ts';
+
+export interface PipelineStages {
+  hygiene: Stage; // 1 normalise + reject ambiguous paths, forwarded headers from trusted peers only
+  route: Stage; //   2 host + longest path prefix → route
+  authn: Stage; //   3 Bearer JWT → identity
+  // 4 device, 5 risk, 6 authz, 7 limit plug in here as their issues land (shared/ARCHITECTURE.md).
+}
+
+export function pipelineOf(stages: PipelineStages): readonly Stage[] {
+  return Object.freeze([stages.hygiene, stages.route, stages.authn]);
+}
+
+/** Runs stages until one throws. Stays synchronous while stages are (the cached-token fast path). */
+export function runPipeline(stages: readonly Stage[], ctx: RequestContext, from = 0): void | Promise<void> {
+  for (let i = from; i < stages.length; i++) {
+    const pending = stages[i]!(ctx);
+    if (pending !== undefined) return pending.then(() => runPipeline(stages, ctx, i + 1));
+  }
+}

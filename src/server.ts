@@ -1,0 +1,172 @@
+// Wires a compiled Runtime into Fastify: one catch-all handler runs the pipeline and
+// forwards; one hook logs and counts. No config parsing, no stage logic, no response
+// bodies written here — those live in config/, pipeline/ and observability/problem.ts.
+import { Transform, type TransformCallback } from 'node:stream';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import replyFrom from '@fastify/reply-from';
+import type { Logger } from 'pino';
+import type { RuntimeHolder } from './config/compile.ts';
+import { newContext, requestIdFor, type RequestContext } from './pipeline/context.ts';
+import { BadPathError, BadRequestError, PayloadTooLargeError, RouteNotFoundError, ShuttingDownError, ZtError } from './pipeline/errors.ts';
+import { runPipeline } from './pipeline/run.ts';
+import { toProblem } from './observability/problem.ts';
+import type { GatewayMetrics } from './observability/metrics.ts';
+import { forward } from './upstream/proxy.ts';
+import { attachWebSocketProxy } from './upstream/websocket.ts';
+
+
+export interface DataPlaneOptions {
+  readonly holder: RuntimeHolder;
+  readonly logger: Logger;
+  readonly metrics: GatewayMetrics;
+  /** Set while draining for shutdown: new requests get 503 with Connection: close. */
+  readonly isDraining: () => boolean;
+}
+
+interface RequestState {
+  ctx: RequestContext;
+  upstreamStartedAt: number;
+  error: ZtError | undefined;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    zt: RequestState | null;
+  }
+}
+
+/** Counts body bytes of chunked uploads (no Content-Length to check up front) and stops at the limit. */
+class BodyLimit extends Transform {
+  #seen = 0;
+  readonly #limit: number;
+  constructor(limit: number) {
+    super();
+    this.#limit = limit;
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.#seen += chunk.length;
+    if (this.#seen > this.#limit) done(new PayloadTooLargeError('chunked body over limit'));
+    else done(null, chunk);
+  }
+}
+
+function sendProblem(reply: FastifyReply, requestId: string, err: unknown): FastifyReply {
+  const problem = toProblem(err, requestId);
+  return reply.code(problem.status).headers(problem.headers).send(problem.body);
+}
+
+export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
+  const { holder, logger, metrics } = opts;
+  const server = holder.current.config.server;
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }), // one access line per request, written below
+    requestIdHeader: false,
+    genReqId: (raw) => requestIdFor(raw, holder.current.trust),
+    return503OnClosing: false, // the handler answers with a problem document instead
+    bodyLimit: server.limits.maxBodyBytes,
+    requestTimeout: server.timeouts.requestMs,
+    connectionTimeout: 0,
+    keepAliveTimeout: server.timeouts.keepAliveMs,
+    http: { maxHeaderSize: server.limits.maxHeaderBytes, headersTimeout: server.timeouts.headersMs },
+    routerOptions: { ignoreTrailingSlash: false, ignoreDuplicateSlashes: false, maxParamLength: 1024 },
+    // Malformed URLs rejected by the router itself still get a problem document.
+    frameworkErrors: (err, request, reply) => {
+      sendProblem(reply, request.id, new BadPathError('router rejected url', { cause: err }));
+    },
+  });
+  app.decorateRequest('zt', null);
+  app.register(replyFrom, { disableRequestLogging: true, undici: { connections: 128, keepAliveTimeout: 30_000 } });
+
+  // Bodies are never parsed: they stream to the upstream as they arrive.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (request, payload, done) => {
+    if (request.headers['content-length'] !== undefined) return done(null, payload);
+    done(null, payload.pipe(new BodyLimit(holder.current.config.server.limits.maxBodyBytes)));
+  });
+
+  const hooks = {
+    onUpstreamResponse(ctx: RequestContext) {
+      const state = stateOf(ctx);
+      if (state) metrics.upstreamDuration.observe({ route: ctx.route!.name }, (performance.now() - state.upstreamStartedAt) / 1000);
+    },
+    onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply) {
+      // A body that overran the limit mid-stream surfaces as an upstream failure; say what it was.
+      const cause = (error.cause as { cause?: unknown } | undefined)?.cause;
+      const final = cause instanceof PayloadTooLargeError ? cause : error;
+      metrics.upstreamErrors.inc({ route: ctx.route!.name, code: final.code });
+      logger.warn({ reqId: ctx.id, route: ctx.route!.name, code: final.code, err: error.cause }, 'upstream error');
+      const state = stateOf(ctx);
+      if (state) state.error = final;
+      sendProblem(reply, ctx.id, final);
+    },
+  };
+  const states = new WeakMap<RequestContext, RequestState>();
+  const stateOf = (ctx: RequestContext) => states.get(ctx);
+
+  async function handle(request: FastifyRequest, reply: FastifyReply) {
+    const runtime = holder.current;
+    const ctx = newContext(request.raw, request.id, false);
+    const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined };
+    request.zt = state;
+    states.set(ctx, state);
+    try {
+      if (opts.isDraining()) throw new ShuttingDownError('draining');
+      const pending = runPipeline(runtime.stages, ctx);
+      if (pending !== undefined) await pending;
+    } catch (err) {
+      state.error = err instanceof ZtError ? err : undefined;
+      if (!(err instanceof ZtError)) logger.error({ reqId: ctx.id, err }, 'pipeline failed');
+      return sendProblem(reply, ctx.id, err);
+    }
+    state.upstreamStartedAt = performance.now();
+    return forward(reply, ctx, hooks);
+  }
+
+  app.route({ method: ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'], url: '*', handler: handle });
+  app.setNotFoundHandler((request, reply) => sendProblem(reply, request.id, new RouteNotFoundError('method not routed')));
+  app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    const mapped =
+      err instanceof ZtError
+        ? err
+        : err.statusCode === 413
+          ? new PayloadTooLargeError('body over limit', { cause: err })
+          : err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
+            ? new BadRequestError('framework rejected request', { cause: err })
+            : err;
+    if (!(mapped instanceof ZtError)) logger.error({ reqId: request.id, err }, 'unhandled error');
+    if (request.zt) request.zt.error = mapped instanceof ZtError ? mapped : undefined;
+    return sendProblem(reply, request.id, mapped);
+  });
+
+  app.addHook('onResponse', (request, reply, done) => {
+    const state = request.zt;
+    const ctx = state?.ctx;
+    const route = ctx?.route?.name ?? 'none';
+    const status = reply.statusCode;
+    const error = state?.error;
+    const decision = error === undefined ? (status >= 500 && !ctx?.route ? 'error' : 'allow') : status === 401 || status === 403 ? 'deny' : 'error';
+    metrics.requests.inc({ route, status, decision });
+    metrics.requestDuration.observe({ route }, reply.elapsedTime / 1000);
+    if (error !== undefined && status === 401) metrics.authFailures.inc({ reason: error.code });
+    logger.info(
+      {
+        reqId: request.id,
+        method: request.method,
+        path: ctx?.path || request.url,
+        route,
+        status,
+        ms: Math.round(reply.elapsedTime * 100) / 100,
+        decision,
+        sub: ctx?.identity?.subject,
+        client: ctx?.clientIp || request.socket.remoteAddress,
+        code: error?.code,
+      },
+      'access',
+    );
+    done();
+  });
+
+  attachWebSocketProxy(app, { holder, logger, isDraining: opts.isDraining });
+  return app;
+}

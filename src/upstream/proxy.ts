@@ -1,0 +1,33 @@
+// Stage 8: forward to the route's upstream with @fastify/reply-from (undici pools per
+// origin, bodies streamed both ways). Upstream failures are translated, never leaked:
+// timeout → 504, anything else without a response → 502 (fastify-reply-from lib/errors.js).
+import type { FastifyReply } from 'fastify';
+import type { RequestContext } from '../pipeline/context.ts';
+import { UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../pipeline/errors.ts';
+import { clientResponseHeaders, upstreamRequestHeaders } from './headers.ts';
+
+export interface ForwardHooks {
+  /** Upstream response headers arrived (for the upstream latency histogram). */
+  onUpstreamResponse(ctx: RequestContext): void;
+  /** No response came; the error is already translated. */
+  onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply): void;
+}
+
+export function translateUpstreamError(error: { statusCode?: number; code?: string }): ZtError {
+  if (error.statusCode === 504) return new UpstreamTimeoutError('upstream timed out', { cause: error });
+  return new UpstreamUnreachableError('upstream failed', { cause: error });
+}
+
+export function forward(reply: FastifyReply, ctx: RequestContext, hooks: ForwardHooks): FastifyReply {
+  const route = ctx.route!;
+  return reply.from(route.upstreamOrigin + ctx.upstreamPath!, {
+    timeout: route.timeoutMs,
+    rewriteRequestHeaders: (_request, headers) => upstreamRequestHeaders(ctx, headers),
+    rewriteHeaders: (headers) => {
+      hooks.onUpstreamResponse(ctx);
+      return clientResponseHeaders(ctx, headers);
+    },
+    onError: (errReply, { error }) =>
+      hooks.onUpstreamError(ctx, translateUpstreamError(error as { statusCode?: number }), errReply as FastifyReply),
+  });
+}
