@@ -260,6 +260,15 @@ describe('parseConfig: semantic checks', () => {
     expect(issuesOf(two)).toEqual([expect.objectContaining({ field: 'identity.issuers[0]', message: expect.stringContaining('found: jwksUrl, jwksFile') })]);
   });
 
+  it('rejects a jwksFile that is missing or not a JWKS, at the jwksFile line', () => {
+    const missing = edit(MINIMAL, 'jwksUrl: https://idp.example.com/jwks.json', 'jwksFile: no-such-keys.json');
+    expect(issuesOf(missing)).toEqual([
+      expect.objectContaining({ field: 'identity.issuers[0].jwksFile', line: 9, message: expect.stringMatching(/cannot read JWKS file .*no-such-keys\.json \(ENOENT\)/) }),
+    ]);
+    const notJwks = edit(MINIMAL, 'jwksUrl: https://idp.example.com/jwks.json', 'jwksFile: package.json');
+    expect(issuesOf(notJwks)[0]?.message).toMatch(/is not a JWKS/);
+  });
+
   it('rejects HS* with a key set, and asymmetric algorithms with a secret (algorithm confusion)', () => {
     const hsWithJwks = edit(MINIMAL, '[ES256]', '[ES256, HS256]');
     expect(issuesOf(hsWithJwks)).toEqual([

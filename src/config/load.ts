@@ -99,7 +99,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   }
   if (!validate(data)) throw located(explain(validate.errors ?? [], data));
 
-  const semantic = checkSemantics(data);
+  const semantic = checkSemantics(data, dirname(resolve(file)));
   if (semantic.length > 0) throw located(semantic.map(({ path, message }) => ({ field: path, at: path, message })));
   return data;
 }

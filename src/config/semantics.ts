@@ -2,6 +2,8 @@
 // sections, and "exactly one of" with readable messages. Runs on a schema-valid Config and
 // returns paths rather than positions, so it stays independent of YAML; load.ts maps
 // each path back to a line and column.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import proxyaddr from 'proxy-addr';
 import type { Config, IssuerConfig, RouteConfig } from './schema.ts';
 
@@ -14,8 +16,10 @@ export interface SemanticIssue {
 const KEY_SOURCES = ['jwksUrl', 'jwksFile', 'secret'] as const;
 const isHmac = (alg: string) => alg.startsWith('HS');
 
-export function checkSemantics(config: Config): SemanticIssue[] {
+/** `baseDir` is where relative file references resolve: the config file's directory. */
+export function checkSemantics(config: Config, baseDir: string): SemanticIssue[] {
   return [
+    ...config.identity.issuers.flatMap((issuer, i) => keyFile(issuer, baseDir, ['identity', 'issuers', i, 'jwksFile'])),
     ...duplicateNames(config.identity.issuers, ['identity', 'issuers'], 'issuer'),
     ...duplicateNames(config.routes, ['routes'], 'route'),
     ...config.identity.issuers.flatMap((issuer, i) => issuerKeys(issuer, ['identity', 'issuers', i])),
@@ -108,4 +112,19 @@ function trustedProxies(entries: readonly string[]): SemanticIssue[] {
       return [{ path: ['server', 'trustedProxies', i], message: `not an IP, CIDR or loopback|linklocal|uniquelocal (${why})` }];
     }
   });
+}
+
+/** A key file that is missing or not a JWKS would only fail at the first request; say so now. */
+function keyFile(issuer: IssuerConfig, baseDir: string, at: ConfigPath): SemanticIssue[] {
+  // With more than one key source the issuer is already reported; one message is enough.
+  if (issuer.jwksFile === undefined || issuer.jwksUrl !== undefined || issuer.secret !== undefined) return [];
+  const file = resolve(baseDir, issuer.jwksFile);
+  try {
+    const jwks = JSON.parse(readFileSync(file, 'utf8')) as { keys?: unknown };
+    if (!Array.isArray(jwks.keys) || jwks.keys.length === 0) return [{ path: at, message: `${file} is not a JWKS with at least one key` }];
+    return [];
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    return [{ path: at, message: `cannot read JWKS file ${file} (${why})` }];
+  }
 }

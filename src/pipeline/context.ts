@@ -41,6 +41,8 @@ export interface RequestContext {
   /** Request target as received, before any normalisation. */
   readonly rawUrl: string;
   readonly headers: IncomingHttpHeaders;
+  /** Header lines as received, name/value alternating: the only place a repeated Host shows. */
+  readonly rawHeaders: readonly string[];
   /** Address of the TCP peer (maybe a proxy). */
   readonly peerIp: string;
   /** True when the data plane terminated TLS for this connection. */
@@ -89,6 +91,7 @@ export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean)
     method: raw.method ?? 'GET',
     rawUrl: raw.url ?? '',
     headers: raw.headers,
+    rawHeaders: raw.rawHeaders,
     peerIp: raw.socket.remoteAddress ?? '',
     tls: 'encrypted' in raw.socket && raw.socket.encrypted === true,
     isUpgrade,

@@ -83,12 +83,14 @@ const CLIENT = '203.0.113.7';
 const trust = proxyaddr.compile(['loopback', '10.0.0.0/8']);
 const stage = createHygieneStage({ trust, maxBodyBytes: 1000 });
 
-function makeCtx(over: { rawUrl?: string; headers?: IncomingHttpHeaders; peerIp?: string; tls?: boolean } = {}): RequestContext {
+function makeCtx(over: { rawUrl?: string; headers?: IncomingHttpHeaders; rawHeaders?: string[]; peerIp?: string; tls?: boolean } = {}): RequestContext {
+  const headers = over.headers ?? { host: 'api.example.com' };
   return {
     id: 'req-1',
     method: 'GET',
     rawUrl: over.rawUrl ?? '/echo/x?a=1',
-    headers: over.headers ?? { host: 'api.example.com' },
+    headers,
+    rawHeaders: over.rawHeaders ?? Object.entries(headers).flatMap(([k, v]) => [k, String(v)]),
     peerIp: over.peerIp ?? CLIENT,
     tls: over.tls ?? false,
     isUpgrade: false,
@@ -234,6 +236,12 @@ describe('hygiene stage: host', () => {
     ['g%6fod.com', 'escape'],
   ])('rejects Host %j (%s)', (value, _why) => {
     expect(() => run({ headers: value === undefined ? {} : { host: value } })).toThrow(BadRequestError);
+  });
+
+  it('rejects a repeated Host line, which Node would silently reduce to the first', () => {
+    const headers = { host: 'good.example.com' };
+    expect(() => run({ headers, rawHeaders: ['Host', 'good.example.com', 'HOST', 'admin.example.com'] })).toThrow(BadRequestError);
+    expect(run({ headers, rawHeaders: ['Host', 'good.example.com', 'X-Host', 'other'] }).host).toBe('good.example.com');
   });
 
   it('validates X-Forwarded-Host from a trusted proxy the same way', () => {

@@ -203,6 +203,15 @@ function checkFraming(headers: IncomingHttpHeaders, maxBodyBytes: number): void 
  * values the upstream stage sends in place of the client's own. Forwarding headers count only
  * when the TCP peer is a trusted proxy; from anyone else they are spoofable and ignored.
  */
+function hostLines(rawHeaders: readonly string[]): number {
+  let count = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') count++;
+  }
+  return count;
+}
+
 export function createHygieneStage(opts: HygieneOptions): Stage {
   const { trust, maxBodyBytes } = opts;
   return (ctx: RequestContext): void => {
@@ -234,10 +243,12 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     const proto = xfp === undefined ? undefined : firstValue(xfp).toLowerCase();
     ctx.forwardedProto = proto === 'http' || proto === 'https' ? proto : scheme;
 
-    // Node keeps the first of repeated Host lines (RFC 9112 §3.2 wants a 400), so a repeat is
-    // visible only in rawHeaders, to the listener, not here; a ',' (a joined repeat of
-    // X-Forwarded-Host) fails HOST_RE. X-Forwarded-Host takes the
-    // first value, the host the client addressed at the outermost proxy (as Express does).
+    // Node keeps the first of repeated Host lines; RFC 9112 §3.2 wants a 400, since a proxy
+    // and an upstream that pick different ones route the same request differently. A ','
+    // (a joined repeat of X-Forwarded-Host) fails HOST_RE.
+    if (hostLines(ctx.rawHeaders) > 1) throw new BadRequestError('repeated Host header');
+    // X-Forwarded-Host takes the first value, the host the client addressed at the outermost
+    // proxy (as Express does).
     const xfh = peerTrusted ? header(headers, 'x-forwarded-host') : undefined;
     const { host, withPort } = parseHost(xfh !== undefined ? firstValue(xfh) : headers.host);
     ctx.host = host;

@@ -22,6 +22,9 @@ export function forward(reply: FastifyReply, ctx: RequestContext, hooks: Forward
   const route = ctx.route!;
   return reply.from(route.upstreamOrigin + ctx.upstreamPath!, {
     timeout: route.timeoutMs,
+    // reply-from retries GETs on 503 and on some socket errors by default; a gateway must
+    // not multiply traffic to a struggling service behind the client's back.
+    retryDelay: () => null,
     rewriteRequestHeaders: (_request, headers) => upstreamRequestHeaders(ctx, headers),
     rewriteHeaders: (headers) => {
       hooks.onUpstreamResponse(ctx);

@@ -1,0 +1,168 @@
+// `npm run bench`: throughput and latency of the gateway core against a bare Fastify
+// proxy and the upstream itself. Targets run interleaved (1,2,3,1,2,3,…) so drift on a
+// shared machine (thermal, other tenants) hits all of them alike; each target's median
+// round is reported. On a 2-core box autocannon competes with the servers for CPU, so
+// absolute req/s mean little and the ratio to the bare proxy is the number to watch.
+//
+//   npm run bench [-- --rounds 3 --duration 10 --warmup 3 --connections 50]
+//
+// Exit 1 if any response was not 2xx or any request failed; the ratio is reported, not
+// enforced (one noisy run on a laptop should not fail anything).
+import { mkdtemp, rm } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { createIssuer } from '../../src/dev/issuer.ts';
+import { ChildSet, formatTable, problemsOf, runLoad, summarize, type LoadResult } from './lib.ts';
+import { bareProxy, echoDirect, gatewayJwt, type BenchFixture, type RunningTarget, type Target } from './targets.ts';
+
+const BASELINE = 'bare fastify proxy';
+const GATEWAY = 'zt-gateway jwt';
+
+const { values: flags } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '3' },
+    duration: { type: 'string', default: '10' },
+    warmup: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '50' },
+  },
+});
+const positiveInt = (name: string, raw: string): number => {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n <= 0) {
+    process.stderr.write(`bench: --${name} must be a positive integer\n`);
+    process.exit(2);
+  }
+  return n;
+};
+const ROUNDS = positiveInt('rounds', flags.rounds);
+const DURATION_S = positiveInt('duration', flags.duration);
+const WARMUP_S = positiveInt('warmup', flags.warmup);
+const CONNECTIONS = positiveInt('connections', flags.connections);
+const PIPELINING = 1;
+
+class BenchFailure extends Error {}
+
+const children = new ChildSet();
+let tmpDir: string | undefined;
+let cleaning: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    await children.stopAll();
+    if (tmpDir !== undefined) await rm(tmpDir, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+
+// Last resort: whatever path we leave by, no child outlives us.
+process.on('exit', () => children.killAllNow());
+for (const [sig, num] of [['SIGINT', 2], ['SIGTERM', 15]] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`\nbench: ${sig}, stopping children ${children.pids.join(' ')}\n`);
+    void cleanup().finally(() => process.exit(128 + num));
+  });
+}
+
+const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
+
+async function main(): Promise<void> {
+  const targets: ((fx: BenchFixture) => Target)[] = [echoDirect, bareProxy, gatewayJwt];
+  // Start-up, warm-up, rounds, and stop-time slack; past this something is wedged.
+  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + 60) * 1000;
+  const overall = setTimeout(() => {
+    log(`\nBENCH FAILED: run exceeded its ${budgetMs / 1000} s budget`);
+    void cleanup().finally(() => process.exit(1));
+  }, budgetMs);
+
+  tmpDir = await mkdtemp(join(tmpdir(), 'ztgw-bench-'));
+  const echo = await children.spawn({
+    name: 'echo',
+    args: [join(import.meta.dirname, 'echo-server.ts')],
+    ready: 'json-line',
+  });
+  const issuer = await createIssuer({ issuer: 'ztgw-bench', alg: 'ES256' });
+  const audience = 'zt-gateway';
+  const token = await issuer.sign({ groups: ['eng'] }, { sub: 'bench', aud: audience, expiresIn: '1h' });
+  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), issuer, audience, token, tmpDir };
+
+  const started: { target: Target; running: RunningTarget }[] = [];
+  for (const make of targets) {
+    const target = make(fx);
+    const running = await target.start();
+    started.push({ target, running });
+    await preflight(target.name, running);
+    log(`started  ${target.name.padEnd(20)} ${running.url}`);
+  }
+
+  log(
+    `\nnode ${process.version}, ${availableParallelism()} CPUs; autocannon ${CONNECTIONS} connections, ` +
+      `pipelining ${PIPELINING}, ${WARMUP_S} s warm-up + ${ROUNDS} × ${DURATION_S} s per target, interleaved`,
+  );
+
+  const load = async (name: string, running: RunningTarget, durationS: number, what: string): Promise<LoadResult> => {
+    const result = await runLoad({
+      url: running.url,
+      headers: await running.headers(),
+      connections: CONNECTIONS,
+      pipelining: PIPELINING,
+      durationS,
+      title: name,
+    });
+    const problems = problemsOf(result);
+    if (problems !== undefined) throw new BenchFailure(`${name}, ${what}: ${problems}`);
+    log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms`);
+    // Let the last run's sockets close before the next target's run starts.
+    await sleep(250);
+    return result;
+  };
+
+  for (const { target, running } of started) await load(target.name, running, WARMUP_S, 'warm-up');
+
+  const results = new Map<string, LoadResult[]>(started.map(({ target }) => [target.name, []]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const { target, running } of started) {
+      results.get(target.name)!.push(await load(target.name, running, DURATION_S, `round ${round}`));
+    }
+  }
+
+  for (const { running } of started.reverse()) await running.stop();
+  clearTimeout(overall);
+
+  const summaries = new Map([...results].map(([name, rounds]) => [name, summarize(rounds)]));
+  const baseline = summaries.get(BASELINE)!.reqPerSec;
+  const rows = [...summaries].map(([name, s]) => [
+    name,
+    s.reqPerSec.toFixed(0),
+    s.p50Ms.toFixed(1),
+    s.p99Ms.toFixed(1),
+    (s.reqPerSec / baseline).toFixed(2),
+    s.rounds.map((r) => r.reqPerSec.toFixed(0)).join(' / '),
+  ]);
+  const responses = [...results.values()].flat().reduce((n, r) => n + r.responses, 0);
+  process.stdout.write(
+    `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'req/s per round'], rows)}\n\n` +
+      `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n` +
+      `gateway/bare ratio: ${(summaries.get(GATEWAY)!.reqPerSec / baseline).toFixed(2)} (target ≥ 0.85)\n`,
+  );
+}
+
+/** One request before any load, so a misconfigured target fails in a second with its answer, not after a 10 s run of 401s. */
+async function preflight(name: string, running: RunningTarget): Promise<void> {
+  const res = await fetch(running.url, { headers: await running.headers(), signal: AbortSignal.timeout(5_000) });
+  const body = await res.text();
+  if (res.status < 200 || res.status > 299) {
+    throw new BenchFailure(`${name}: preflight GET ${running.url} answered ${res.status}: ${body.slice(0, 500)}`);
+  }
+}
+
+try {
+  await main();
+  await cleanup();
+} catch (err) {
+  const message = err instanceof BenchFailure ? err.message : ((err as Error).stack ?? String(err));
+  log(`\n${'!'.repeat(72)}\nBENCH FAILED: ${message}\n${'!'.repeat(72)}`);
+  await cleanup();
+  process.exit(1);
+}

@@ -1,0 +1,152 @@
+// The ztgw command as an operator runs it: real processes, real signals, exit codes.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { startEchoServer } from '../../src/dev/echo.ts';
+import { createIssuer } from '../../src/dev/issuer.ts';
+import { rawRequest } from '../helpers/http.ts';
+import { freePort } from '../helpers/ports.ts';
+
+const CLI = resolve(import.meta.dirname, '../../src/cli/ztgw.ts');
+const dir = mkdtempSync(join(tmpdir(), 'ztgw-cli-'));
+
+function ztgw(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 20_000 });
+}
+
+function startZtgw(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function exitOf(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+async function waitReady(adminUrl: string, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`ztgw exited with ${child.exitCode}`);
+    try {
+      if ((await rawRequest(adminUrl, '/readyz')).status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('ztgw did not become ready');
+}
+
+let echo: Awaited<ReturnType<typeof startEchoServer>>;
+let idp: Awaited<ReturnType<typeof createIssuer>>;
+
+beforeAll(async () => {
+  echo = await startEchoServer();
+  idp = await createIssuer({ issuer: 'https://idp.test.local/' });
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify(idp.publicJwks()));
+});
+afterAll(() => echo?.close());
+
+function goodConfig(port: number, adminPort: number, extra = '') {
+  return `server:
+  listen: { host: 127.0.0.1, port: ${port} }
+  admin: { host: 127.0.0.1, port: ${adminPort} }
+  timeouts: { shutdownMs: 5000 }
+identity:
+  issuers:
+    - name: corp
+      issuer: https://idp.test.local/
+      audiences: [zt-gateway]
+      algorithms: [ES256]
+      jwksFile: jwks.json
+routes:
+  - name: echo
+    pathPrefix: /echo/
+    upstream: ${echo.url}
+${extra}`;
+}
+
+describe('ztgw validate', () => {
+  it('exits 0 on a valid config', () => {
+    const file = join(dir, 'good.yaml');
+    writeFileSync(file, goodConfig(8080, 9090));
+    const run = ztgw(['validate', '--config', file]);
+    expect(run.stderr).toBe('');
+    expect(run.status).toBe(0);
+  });
+
+  it('exits 2 and names file, line and field for a bad config', () => {
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(file, goodConfig(8080, 9090, '    upstreem: http://typo\n'));
+    const run = ztgw(['validate', '--config', file]);
+    expect(run.status).toBe(2);
+    expect(run.stderr).toMatch(new RegExp(`${file.replace(/[.]/g, '\\.')}:16:\\d+: routes\\[0\\].*unknown field "upstreem"`));
+  });
+
+  it('exits 2 when a referenced key file is missing', () => {
+    const file = join(dir, 'nokeys.yaml');
+    writeFileSync(file, goodConfig(8080, 9090).replace('jwksFile: jwks.json', 'jwksFile: missing.json'));
+    const run = ztgw(['validate', '--config', file]);
+    expect(run.status).toBe(2);
+    expect(run.stderr).toMatch(/nokeys\.yaml:\d+:\d+: identity\.issuers\[0\]\.jwksFile: cannot read JWKS file .*missing\.json \(ENOENT\)/);
+  });
+
+  it('exits 2 on an unknown command', () => {
+    expect(ztgw(['frobnicate']).status).toBe(2);
+  });
+});
+
+describe('ztgw serve', () => {
+  it('refuses to start on an invalid config, exit 2, nothing listening', async () => {
+    const port = await freePort();
+    const file = join(dir, 'bad-serve.yaml');
+    writeFileSync(file, goodConfig(port, await freePort()).replace('algorithms: [ES256]', 'algorithms: [none]'));
+    const run = ztgw(['serve', '--config', file]);
+    expect(run.status).toBe(2);
+    expect(run.stderr).toContain('identity.issuers[0].algorithms[0]');
+    await expect(rawRequest(`http://127.0.0.1:${port}`, '/echo/x')).rejects.toThrow(/ECONNREFUSED/);
+  });
+
+  it('drains in-flight requests on SIGTERM, then exits 0', async () => {
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const file = join(dir, 'drain.yaml');
+    writeFileSync(file, goodConfig(port, adminPort));
+    const child = startZtgw(['serve', '--config', file]);
+    const exited = exitOf(child);
+    await waitReady(`http://127.0.0.1:${adminPort}`, child);
+    const token = await idp.sign({}, { sub: 'alice', aud: 'zt-gateway' });
+    const inFlight = rawRequest(`http://127.0.0.1:${port}`, '/echo/slow?delay=700', { headers: { authorization: `Bearer ${token}` } });
+    await new Promise((r) => setTimeout(r, 200));
+    child.kill('SIGTERM');
+    const res = await inFlight;
+    expect(res.status).toBe(200);
+    expect(await exited).toBe(0);
+  });
+});
+
+describe('the demo (npm start) and dev tokens (npm run token)', () => {
+  it('serves /echo/ with a dev token and refuses it without one', async () => {
+    const env = { ZTGW_PORT: String(await freePort()), ZTGW_ADMIN_PORT: String(await freePort()), ZTGW_ECHO_PORT: String(await freePort()) };
+    const child = startZtgw(['demo'], env);
+    const exited = exitOf(child);
+    try {
+      await waitReady(`http://127.0.0.1:${env.ZTGW_ADMIN_PORT}`, child);
+      const token = ztgw(['token', '--sub', 'alice', '--groups', 'eng,ops']);
+      expect(token.status).toBe(0);
+      expect(token.stdout.trim()).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+      const gateway = `http://127.0.0.1:${env.ZTGW_PORT}`;
+      const ok = await rawRequest(gateway, '/echo/hi', { headers: { authorization: `Bearer ${token.stdout.trim()}` } });
+      expect(ok.status).toBe(200);
+      expect(ok.json().url).toBe('/echo/hi');
+      expect((await rawRequest(gateway, '/echo/hi')).status).toBe(401);
+    } finally {
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    }
+  });
+
+  it('token refuses to run without --sub', () => {
+    expect(ztgw(['token']).status).toBe(2);
+  });
+});
