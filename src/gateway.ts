@@ -10,6 +10,7 @@ import { buildAdminPlane } from './observability/admin.ts';
 import { createLogger } from './observability/logging.ts';
 import { createMetrics, type GatewayMetrics } from './observability/metrics.ts';
 import { buildDataPlane } from './server.ts';
+import { createServices, type Services } from './services.ts';
 
 export type ConfigSource = { file: string; env?: NodeJS.ProcessEnv } | { config: Config; dir: string };
 
@@ -24,6 +25,7 @@ export interface Gateway {
   readonly url: string;
   readonly adminUrl: string;
   readonly holder: RuntimeHolder;
+  readonly services: Services;
   readonly metrics: GatewayMetrics;
   readonly logger: Logger;
   /** Re-reads the config source; on failure the running config stays and the error is returned. */
@@ -38,33 +40,42 @@ function loadSource(source: ConfigSource): { config: Config; dir: string } {
   return { config, dir };
 }
 
-function urlOf(address: AddressInfo | string | null): string {
+function urlOf(address: AddressInfo | string | null, tls = false): string {
   if (address === null || typeof address === 'string') throw new Error('listener has no TCP address');
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return `http://${host}:${address.port}`;
+  return `${tls ? 'https' : 'http'}://${host}:${address.port}`;
 }
 
 /** Throws ConfigError (with file:line issues) or a compile error before anything listens. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const initial = loadSource(opts.source);
-  const holder: RuntimeHolder = { current: compileRuntime(initial.config, { configDir: initial.dir, now: opts.now }) };
-  const server = holder.current.config.server;
-  const logger = createLogger(server.logLevel, opts.logDestination);
+  const logger = createLogger(initial.config.server.logLevel, opts.logDestination);
   const metrics = createMetrics();
+  const services = await createServices(initial.config, initial.dir, logger, metrics);
+  const compile = (next: { config: Config; dir: string }) => compileRuntime(next.config, { configDir: next.dir, services, now: opts.now });
+  let holder: RuntimeHolder;
+  try {
+    holder = { current: await compile(initial) };
+  } catch (err) {
+    await services.close();
+    throw err;
+  }
+  const server = holder.current.config.server;
   let draining = false;
   let lastReloadError: string | undefined;
   const isDraining = () => draining;
 
-  const data = buildDataPlane({ holder, logger, metrics, isDraining });
-  const admin = buildAdminPlane({ holder, logger, metrics, isDraining, lastReloadError: () => lastReloadError });
-  await data.listen({ host: server.listen.host, port: server.listen.port });
+  const data = buildDataPlane({ holder, logger, metrics, isDraining, configDir: initial.dir });
+  const admin = buildAdminPlane({ holder, services, logger, metrics, isDraining, lastReloadError: () => lastReloadError });
   try {
+    await data.listen({ host: server.listen.host, port: server.listen.port });
     await admin.listen({ host: server.admin.host, port: server.admin.port });
   } catch (err) {
     await data.close();
+    await services.close();
     throw err;
   }
-  const url = urlOf(data.server.address());
+  const url = urlOf(data.server.address(), server.tls !== undefined);
   const adminUrl = urlOf(admin.server.address());
   logger.info({ url, adminUrl, config: holder.current.version, routes: holder.current.routes.length }, 'gateway listening');
 
@@ -72,12 +83,12 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     url,
     adminUrl,
     holder,
+    services,
     metrics,
     logger,
     async reload() {
       try {
-        const next = loadSource(opts.source);
-        holder.current = compileRuntime(next.config, { configDir: next.dir, now: opts.now });
+        holder.current = await compile(loadSource(opts.source));
         lastReloadError = undefined;
         metrics.configReloads.inc({ result: 'ok' });
         logger.info({ config: holder.current.version }, 'config reloaded');
@@ -104,6 +115,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
         data.server.closeAllConnections();
       }
       await admin.close();
+      await services.close();
       logger.info({ outcome }, 'gateway stopped');
       logger.flush();
     },

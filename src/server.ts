@@ -6,11 +6,15 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import replyFrom from '@fastify/reply-from';
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from './config/compile.ts';
+import type { ServerConfig } from './config/schema.ts';
+import { readFileSync } from 'node:fs';
+import type https from 'node:https';
+import { resolve } from 'node:path';
 import { newContext, requestIdFor, type RequestContext } from './pipeline/context.ts';
 import { BadPathError, BadRequestError, PayloadTooLargeError, RouteNotFoundError, ShuttingDownError, ZtError } from './pipeline/errors.ts';
 import { runPipeline } from './pipeline/run.ts';
 import { toProblem } from './observability/problem.ts';
-import type { GatewayMetrics } from './observability/metrics.ts';
+import { memoizeLabels, type GatewayMetrics } from './observability/metrics.ts';
 import { forward } from './upstream/proxy.ts';
 import { attachWebSocketProxy } from './upstream/websocket.ts';
 
@@ -21,6 +25,23 @@ export interface DataPlaneOptions {
   readonly metrics: GatewayMetrics;
   /** Set while draining for shutdown: new requests get 503 with Connection: close. */
   readonly isDraining: () => boolean;
+  /** Where the TLS files named in the config are. */
+  readonly configDir: string;
+}
+
+/**
+ * TLS for the data plane. With a device CA, clients are asked for a certificate but not
+ * refused at the handshake: a route decides (RFC 8705 binding checks the thumbprint against
+ * the token), and a refusal is a readable 401 instead of a TLS alert.
+ */
+function httpsOptions(tls: ServerConfig['tls'], configDir: string): https.ServerOptions | undefined {
+  if (tls === undefined) return undefined;
+  const read = (file: string) => readFileSync(resolve(configDir, file));
+  return {
+    cert: read(tls.certFile),
+    key: read(tls.keyFile),
+    ...(tls.clientCaFile === undefined ? {} : { ca: read(tls.clientCaFile), requestCert: true, rejectUnauthorized: false }),
+  };
 }
 
 interface RequestState {
@@ -58,7 +79,9 @@ function sendProblem(reply: FastifyReply, requestId: string, err: unknown): Fast
 export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   const { holder, logger, metrics } = opts;
   const server = holder.current.config.server;
+  const tls = httpsOptions(server.tls, opts.configDir);
   const app = Fastify({
+    ...(tls === undefined ? {} : { https: tls }),
     loggerInstance: logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }), // one access line per request, written below
     requestIdHeader: false,
@@ -85,10 +108,17 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     done(null, payload.pipe(new BodyLimit(holder.current.config.server.limits.maxBodyBytes)));
   });
 
+  const upstreamTimer = memoizeLabels((route) => metrics.upstreamDuration.labels({ route }));
+  const requestTimer = memoizeLabels((route) => metrics.requestDuration.labels({ route }));
+  const requestCounter = memoizeLabels((key) => {
+    const [route, status, decision] = key.split(' ');
+    return metrics.requests.labels({ route, status, decision });
+  });
+
   const hooks = {
     onUpstreamResponse(ctx: RequestContext) {
       const state = stateOf(ctx);
-      if (state) metrics.upstreamDuration.observe({ route: ctx.route!.name }, (performance.now() - state.upstreamStartedAt) / 1000);
+      if (state) upstreamTimer(ctx.route!.name).observe((performance.now() - state.upstreamStartedAt) / 1000);
     },
     onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply) {
       // A body that overran the limit mid-stream surfaces as an upstream failure; say what it was.
@@ -120,9 +150,13 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       return sendProblem(reply, ctx.id, err);
     }
     state.upstreamStartedAt = performance.now();
-    return forward(reply, ctx, hooks);
+    return forward(reply, ctx, runtime.forwarding, hooks);
   }
 
+  // The gateway's own public keys, for upstreams verifying the assertion (also on the admin plane).
+  app.get('/.well-known/zt-jwks.json', async (_request, reply) =>
+    reply.header('cache-control', 'public, max-age=300').send(holder.current.assertions.jwks),
+  );
   app.route({ method: ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'], url: '*', handler: handle });
   app.setNotFoundHandler((request, reply) => sendProblem(reply, request.id, new RouteNotFoundError('method not routed')));
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
@@ -146,8 +180,8 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     const status = reply.statusCode;
     const error = state?.error;
     const decision = error === undefined ? (status >= 500 && !ctx?.route ? 'error' : 'allow') : status === 401 || status === 403 ? 'deny' : 'error';
-    metrics.requests.inc({ route, status, decision });
-    metrics.requestDuration.observe({ route }, reply.elapsedTime / 1000);
+    requestCounter(`${route} ${status} ${decision}`).inc();
+    requestTimer(route).observe(reply.elapsedTime / 1000);
     if (error !== undefined && status === 401) metrics.authFailures.inc({ reason: error.code });
     logger.info(
       {

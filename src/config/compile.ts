@@ -11,6 +11,12 @@ import { createHygieneStage } from '../pipeline/hygiene.ts';
 import { canonicalPrefix, createRouteStage } from '../pipeline/route.ts';
 import { createAuthnStage } from '../pipeline/authn.ts';
 import { pipelineOf } from '../pipeline/run.ts';
+import { createDeviceStage } from '../pipeline/device.ts';
+import { createAssertionStage } from '../pipeline/assertion.ts';
+import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '../identity/assertion.ts';
+import { createDpopVerifier } from '../identity/dpop.ts';
+import { compileForwardingPolicy, type ForwardingPolicy } from '../upstream/headers.ts';
+import type { Services } from '../services.ts';
 
 export interface Runtime {
   readonly config: Readonly<Config>;
@@ -21,6 +27,8 @@ export interface Runtime {
   readonly stages: readonly Stage[];
   /** Is this peer (at this hop) a trusted proxy? proxy-addr's compiled matcher. */
   readonly trust: (addr: string, hop: number) => boolean;
+  readonly forwarding: ForwardingPolicy;
+  readonly assertions: AssertionSigner;
 }
 
 /** The one mutable reference: reloads swap it, requests read it once at their start. */
@@ -31,6 +39,8 @@ export interface RuntimeHolder {
 export interface CompileDeps {
   /** Directory relative paths in the config resolve against. */
   readonly configDir: string;
+  /** Process-lifetime resources (Redis, registry, replay cache) the stages use. */
+  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey'>;
   readonly now?: () => number;
 }
 
@@ -48,6 +58,9 @@ function compileRoute(route: RouteConfig, config: Config): CompiledRoute {
     issuers: Object.freeze(route.issuers ?? config.identity.issuers.map((i) => i.name)),
     timeoutMs: route.timeoutMs ?? config.server.timeouts.upstreamMs,
     websocket: route.websocket,
+    deviceBinding: route.device.binding,
+    requireEnrolledDevice: route.device.requireEnrolled,
+    forwardAuthorization: route.forwardAuthorization,
   });
 }
 
@@ -59,23 +72,48 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
-export function compileRuntime(config: Config, deps: CompileDeps): Runtime {
+export async function compileRuntime(config: Config, deps: CompileDeps): Promise<Runtime> {
   const frozen = deepFreeze(structuredClone(config));
+  const now = deps.now ?? Date.now;
+  const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
   const issuers = frozen.identity.issuers.map((i) => compileIssuer(i, { configDir: deps.configDir }));
   const routes = frozen.routes.map((r) => compileRoute(r, frozen));
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
+  const dpop = frozen.identity.dpop;
+  const signingKeys = await loadSigningKeys(frozen.assertion, deps.configDir, deps.services.ephemeralKey);
+  const assertions = createAssertionSigner(frozen.assertion, signingKeys, version);
   const stages = pipelineOf({
-    hygiene: createHygieneStage({
-      trust,
-      maxBodyBytes: frozen.server.limits.maxBodyBytes,
-    }),
+    hygiene: createHygieneStage({ trust, maxBodyBytes: frozen.server.limits.maxBodyBytes }),
     route: createRouteStage(routes),
     authn: createAuthnStage({
       issuers: new Map(issuers.map((i) => [i.issuer, i])),
       cache: createTokenCache(frozen.identity.tokenCache),
-      now: deps.now,
+      now,
     }),
+    device: createDeviceStage({
+      dpop: createDpopVerifier({
+        algorithms: [...dpop.algorithms],
+        maxAgeS: dpop.maxAgeS,
+        futureSkewS: dpop.futureSkewS,
+        replay: deps.services.replayCache,
+        nonce: dpop.nonce && { secret: new TextEncoder().encode(dpop.nonce.secret), windowS: dpop.nonce.windowS },
+        now,
+      }),
+      registry: deps.services.registry,
+      fingerprints: deps.services.fingerprints,
+      staleAfterS: frozen.devices.staleAfterS,
+      now,
+    }),
+    assertion: createAssertionStage(assertions, now),
   });
-  const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
-  return Object.freeze({ config: frozen, version, routes: Object.freeze(routes), issuers: Object.freeze(issuers), stages, trust });
+  return Object.freeze({
+    config: frozen,
+    version,
+    routes: Object.freeze(routes),
+    issuers: Object.freeze(issuers),
+    stages,
+    trust,
+    forwarding: compileForwardingPolicy(frozen.server.stripHeaders, frozen.assertion.header),
+    assertions,
+  });
 }

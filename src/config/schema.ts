@@ -47,6 +47,26 @@ const Server = Type.Object(
       ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
       { default: 'info' },
     ),
+    tls: Type.Optional(
+      Type.Object(
+        {
+          certFile: Type.String({ minLength: 1, description: 'PEM certificate chain of the data plane.' }),
+          keyFile: Type.String({ minLength: 1, description: 'PEM private key of the data plane.' }),
+          clientCaFile: Type.Optional(
+            Type.String({
+              minLength: 1,
+              description: 'Device CA (PEM). When set, clients are asked for a certificate signed by it (mTLS, RFC 8705).',
+            }),
+          ),
+        },
+        { ...Strict, description: 'Terminate TLS on the data plane. Paths are relative to this file.' },
+      ),
+    ),
+    stripHeaders: Type.Array(Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$' }), {
+      default: [],
+      description:
+        'Extra request headers never forwarded upstream, on top of the built-in list (x-zt-*, x-user*, x-forwarded-user, x-remote-user, x-original-url, x-rewrite-url).',
+    }),
     profiling: Type.Boolean({
       default: false,
       description: 'Expose /debug/profile/cpu and /debug/profile/heap on the admin plane.',
@@ -80,9 +100,38 @@ const Issuer = Type.Object(
   Strict,
 );
 
+const AsymmetricAlgorithm = Type.Union(
+  ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'].map((a) => Type.Literal(a)),
+);
+
+const Dpop = Type.Object(
+  {
+    algorithms: Type.Array(AsymmetricAlgorithm, {
+      minItems: 1,
+      uniqueItems: true,
+      default: ['ES256', 'ES384', 'EdDSA', 'Ed25519', 'RS256', 'PS256'],
+      description: 'Proof algorithms accepted (RFC 9449 §4.3: asymmetric only).',
+    }),
+    maxAgeS: Type.Integer({ minimum: 1, maximum: 600, default: 60, description: 'How old a proof\'s iat may be.' }),
+    futureSkewS: Type.Integer({ minimum: 0, maximum: 60, default: 5, description: 'How far in the future a proof\'s iat may be.' }),
+    nonce: Type.Optional(
+      Type.Object(
+        {
+          secret: Type.String({ minLength: 32, description: 'HMAC key for stateless server nonces; the same on every instance.' }),
+          windowS: Type.Integer({ minimum: 10, maximum: 3600, default: 300 }),
+        },
+        { ...Strict, description: 'Require server-issued nonces in proofs (RFC 9449 §8).' },
+      ),
+    ),
+    replayCacheMaxEntries: Type.Integer({ minimum: 1000, default: 1_000_000, description: 'In-memory jti cache size (without Redis).' }),
+  },
+  { ...Strict, default: {} },
+);
+
 const Identity = Type.Object(
   {
     issuers: Type.Array(Issuer, { default: [] }),
+    dpop: Dpop,
     tokenCache: Type.Object(
       {
         maxEntries: Type.Integer({ minimum: 0, default: 10_000, description: '0 turns the verified-token cache off.' }),
@@ -110,8 +159,69 @@ const Route = Type.Object(
     issuers: Type.Optional(Type.Array(Type.String(), { minItems: 1, description: 'Issuer names accepted here; default all.' })),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
     websocket: Type.Boolean({ default: false, description: 'Allow WebSocket upgrades (after authentication).' }),
+    device: Type.Object(
+      {
+        binding: Type.Union([Type.Literal('required'), Type.Literal('optional'), Type.Literal('off')], {
+          default: 'optional',
+          description:
+            'required: the token must be bound to a device key (DPoP cnf.jkt or mTLS cnf.x5t#S256) and proven. optional: unbound tokens pass. off: no device lookup. A bound token always needs its proof.',
+        }),
+        requireEnrolled: Type.Boolean({
+          default: false,
+          description: 'Refuse unless the device is enrolled, not revoked, not stale, and owned by the token subject.',
+        }),
+      },
+      { ...Strict, default: {} },
+    ),
+    forwardAuthorization: Type.Boolean({
+      default: false,
+      description: 'Forward the client\'s Authorization and DPoP headers upstream (off: the assertion is what upstreams trust).',
+    }),
   },
   Strict,
+);
+
+const Devices = Type.Object(
+  {
+    registry: Type.Union(
+      [
+        Type.Object({ file: Type.String({ minLength: 1, description: 'YAML/JSON device file, reloaded on change.' }) }, Strict),
+        Type.Object({ redis: Type.Literal(true, { description: 'Redis hashes (needs redis.url): shared by a fleet.' }) }, Strict),
+      ],
+      { default: { file: 'devices.yaml' } },
+    ),
+    staleAfterS: Type.Integer({ minimum: 60, default: 7 * 24 * 3600, description: 'A device whose last check-in is older counts as stale.' }),
+    cacheTtlMs: Type.Integer({ minimum: 0, maximum: 1000, default: 500, description: 'Redis registry: local cache per device (revocations propagate within this).' }),
+    fingerprint: Type.Boolean({ default: true, description: 'Track a passive client fingerprint per device as a risk signal.' }),
+  },
+  { ...Strict, default: {} },
+);
+
+const Redis = Type.Object(
+  {
+    url: Type.String({ pattern: '^rediss?://', description: 'redis://[user:pass@]host:port/db' }),
+    commandTimeoutMs: Type.Integer({ minimum: 1, maximum: 10_000, default: 100, description: 'A slower answer counts as Redis being down.' }),
+  },
+  { ...Strict, description: 'Shared state for a fleet: DPoP replay cache, device registry. Without it, state is per instance.' },
+);
+
+const Assertion = Type.Object(
+  {
+    header: Type.String({ pattern: '^[a-z0-9-]+$', default: 'x-zt-assertion' }),
+    issuer: Type.String({ minLength: 1, default: 'zt-gateway' }),
+    lifetimeS: Type.Integer({ minimum: 5, maximum: 60, default: 60 }),
+    reuseS: Type.Integer({
+      minimum: 0,
+      maximum: 55,
+      default: 30,
+      description: 'Reuse a signed assertion for the same subject, device, posture and route this long (0: sign every request, with the request id).',
+    }),
+    signingKeys: Type.Array(Type.String({ minLength: 1 }), {
+      default: [],
+      description: 'Private JWK files; the first signs, all are published (rotate with overlap). Empty: an ephemeral key per process.',
+    }),
+  },
+  { ...Strict, default: {} },
 );
 
 export const ConfigSchema = Type.Object(
@@ -120,6 +230,9 @@ export const ConfigSchema = Type.Object(
     server: Server,
     identity: Identity,
     routes: Type.Array(Route, { minItems: 1 }),
+    devices: Devices,
+    redis: Type.Optional(Redis),
+    assertion: Assertion,
   },
   { ...Strict, $id: 'https://zt-gateway.local/schema/config.json', title: 'zt-gateway configuration' },
 );
@@ -128,6 +241,9 @@ export type Config = Static<typeof ConfigSchema>;
 export type IssuerConfig = Static<typeof Issuer>;
 export type RouteConfig = Static<typeof Route>;
 export type ServerConfig = Static<typeof Server>;
+export type DpopConfig = Static<typeof Dpop>;
+export type DevicesConfig = Static<typeof Devices>;
+export type AssertionConfig = Static<typeof Assertion>;
 
 /** The schema as plain JSON (TypeBox adds symbol keys that JSON drops). */
 export function jsonSchema(schema: TSchema = ConfigSchema): unknown {

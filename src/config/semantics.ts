@@ -26,6 +26,10 @@ export function checkSemantics(config: Config, baseDir: string): SemanticIssue[]
     ...routeIssuers(config),
     ...duplicateMatches(config.routes),
     ...trustedProxies(config.server.trustedProxies),
+    ...readableFiles(config, baseDir),
+    ...('redis' in config.devices.registry && config.redis === undefined
+      ? [{ path: ['devices', 'registry', 'redis'], message: 'a Redis device registry needs a top-level redis section' }]
+      : []),
   ];
 }
 
@@ -127,4 +131,24 @@ function keyFile(issuer: IssuerConfig, baseDir: string, at: ConfigPath): Semanti
     const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
     return [{ path: at, message: `cannot read JWKS file ${file} (${why})` }];
   }
+}
+
+/** Files the gateway will read at start: name the missing one now, with its line. */
+function readableFiles(config: Config, baseDir: string): SemanticIssue[] {
+  const files: [ConfigPath, string][] = [
+    ...config.assertion.signingKeys.map((f, i): [ConfigPath, string] => [['assertion', 'signingKeys', i], f]),
+  ];
+  const tls = config.server.tls;
+  if (tls !== undefined) {
+    files.push([['server', 'tls', 'certFile'], tls.certFile], [['server', 'tls', 'keyFile'], tls.keyFile]);
+    if (tls.clientCaFile !== undefined) files.push([['server', 'tls', 'clientCaFile'], tls.clientCaFile]);
+  }
+  return files.flatMap(([path, name]) => {
+    try {
+      readFileSync(resolve(baseDir, name));
+      return [];
+    } catch (err) {
+      return [{ path, message: `cannot read ${resolve(baseDir, name)} (${(err as NodeJS.ErrnoException).code ?? 'error'})` }];
+    }
+  });
 }

@@ -2,7 +2,7 @@
 // Keyed by a hash of the token so the cache never holds bearer credentials; an entry never
 // outlives the token's exp nor the configured maximum (bounding how long a revoked key's
 // tokens stay accepted).
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Identity } from '../pipeline/context.ts';
 
@@ -17,7 +17,7 @@ interface Entry {
 }
 
 export function tokenKey(token: string): string {
-  return createHash('sha256').update(token).digest('base64url');
+  return hash('sha256', token, 'base64url'); // one-shot: no Hash object per request
 }
 
 export function createTokenCache(opts: { maxEntries: number; maxTtlS: number }): TokenCache {

@@ -4,11 +4,13 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
 import type { GatewayMetrics } from './metrics.ts';
+import type { Services } from '../services.ts';
 import { checkReadiness } from './readiness.ts';
 import { cpuProfile, heapSnapshot, MAX_PROFILE_SECONDS } from './profile.ts';
 
 export interface AdminPlaneOptions {
   readonly holder: RuntimeHolder;
+  readonly services: Pick<Services, 'redis'>;
   readonly logger: Logger;
   readonly metrics: GatewayMetrics;
   readonly isDraining: () => boolean;
@@ -24,7 +26,7 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
   app.get('/health', alive);
 
   app.get('/readyz', async (_request, reply) => {
-    const readiness = await checkReadiness(opts.holder.current, opts.isDraining());
+    const readiness = await checkReadiness(opts.holder.current, opts.isDraining(), opts.services.redis);
     const lastReloadError = opts.lastReloadError?.();
     return reply.code(readiness.ready ? 200 : 503).send({
       status: readiness.ready ? 'ready' : 'not ready',
@@ -33,6 +35,8 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
       ...(lastReloadError ? { lastReloadError } : {}),
     });
   });
+
+  app.get('/.well-known/zt-jwks.json', async () => opts.holder.current.assertions.jwks);
 
   app.get('/metrics', async (_request, reply) => {
     const body = await opts.metrics.registry.metrics();

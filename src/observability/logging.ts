@@ -23,7 +23,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       level,
       base: { svc: 'ztgw' },
       redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      // pino's default epoch-millisecond `time`: formatting ISO dates costs on every access line.
     },
     destination,
   );

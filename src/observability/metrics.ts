@@ -16,6 +16,7 @@ export interface GatewayMetrics {
   readonly upstreamErrors: Counter<'route' | 'code'>;
   readonly authFailures: Counter<'reason'>;
   readonly configReloads: Counter<'result'>;
+  readonly dependencyErrors: Counter<'dependency'>;
 }
 
 export function createMetrics(): GatewayMetrics {
@@ -57,11 +58,33 @@ export function createMetrics(): GatewayMetrics {
       labelNames: ['reason'],
       registers,
     }),
+    dependencyErrors: new Counter({
+      name: 'ztgw_dependency_errors_total',
+      help: 'Errors talking to a dependency (redis, device registry); requests needing it fail closed.',
+      labelNames: ['dependency'],
+      registers,
+    }),
     configReloads: new Counter({
       name: 'ztgw_config_reloads_total',
       help: 'Configuration reload attempts, by result (ok or failed: the old config stays).',
       labelNames: ['result'],
       registers,
     }),
+  };
+}
+
+/**
+ * prom-client hashes the label object on every observe(); on the request path we keep the
+ * labelled child per label combination instead (a handful of routes × statuses).
+ */
+export function memoizeLabels<Child>(make: (key: string) => Child): (key: string) => Child {
+  const children = new Map<string, Child>();
+  return (key) => {
+    let child = children.get(key);
+    if (child === undefined) {
+      child = make(key);
+      children.set(key, child);
+    }
+    return child;
   };
 }

@@ -9,6 +9,13 @@ import {
   BadRequestError,
   IssuerUnavailableError,
   InvalidTokenError,
+  InvalidDpopProofError,
+  UseDpopNonceError,
+  DeviceBindingRequiredError,
+  CertificateMismatchError,
+  DeviceRevokedError,
+  DeviceNotTrustedError,
+  DependencyUnavailableError,
   MissingTokenError,
   PayloadTooLargeError,
   RouteNotFoundError,
@@ -70,6 +77,50 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     detail: 'The identity provider could not be reached to verify the token. Try again shortly.',
     headers: { 'retry-after': '5' },
   },
+  [InvalidDpopProofError.code]: {
+    slug: 'invalid-dpop-proof',
+    title: 'Invalid device proof',
+    detail: 'The DPoP proof is missing, malformed, expired, replayed, or does not match this request or token.',
+    headers: { 'www-authenticate': `DPoP realm="${REALM}", error="invalid_dpop_proof"` },
+  },
+  [UseDpopNonceError.code]: {
+    slug: 'use-dpop-nonce',
+    title: 'Device proof needs a nonce',
+    detail: 'Repeat the request with a DPoP proof that includes the nonce from the DPoP-Nonce header.',
+    headers: { 'www-authenticate': `DPoP realm="${REALM}", error="use_dpop_nonce"` },
+  },
+  [DeviceBindingRequiredError.code]: {
+    slug: 'device-binding-required',
+    title: 'Device-bound token required',
+    detail: 'This route accepts only tokens bound to your device (DPoP or a client certificate).',
+    headers: {
+      'www-authenticate': `DPoP realm="${REALM}", error="invalid_token", error_description="A device-bound token is required"`,
+    },
+  },
+  [CertificateMismatchError.code]: {
+    slug: 'certificate-mismatch',
+    title: 'Client certificate does not match the token',
+    detail: 'The access token is bound to a different client certificate than the one presented.',
+    headers: {
+      'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The token is bound to another certificate"`,
+    },
+  },
+  [DeviceRevokedError.code]: {
+    slug: 'device-revoked',
+    title: 'Device revoked',
+    detail: 'This device has been revoked. Contact IT to enroll it again.',
+  },
+  [DeviceNotTrustedError.code]: {
+    slug: 'device-not-trusted',
+    title: 'Device not trusted for this route',
+    detail: 'This route requires an enrolled device, registered to you, that has checked in recently.',
+  },
+  [DependencyUnavailableError.code]: {
+    slug: 'dependency-unavailable',
+    title: 'Cannot verify the request right now',
+    detail: 'A service the gateway needs to check this request is unavailable. Try again shortly.',
+    headers: { 'retry-after': '2' },
+  },
   [UpstreamUnreachableError.code]: {
     slug: 'upstream-unreachable',
     title: 'Bad gateway',
@@ -112,7 +163,7 @@ export function toProblem(err: unknown, requestId: string): Problem {
   const spec = PROBLEMS[zt.code] ?? PROBLEMS[InternalError.code]!;
   return {
     status: zt.status,
-    headers: { 'content-type': PROBLEM_CONTENT_TYPE, 'cache-control': 'no-store', ...spec.headers },
+    headers: { 'content-type': PROBLEM_CONTENT_TYPE, 'cache-control': 'no-store', ...spec.headers, ...zt.headers },
     body: {
       type: `urn:zt-gateway:problem:${spec.slug}`,
       title: spec.title,

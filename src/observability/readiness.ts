@@ -1,5 +1,6 @@
 // /readyz: is this instance fit to take traffic? Config loaded, not draining, and every
 // configured dependency reachable. Each check names itself so an operator sees which failed.
+import type { Redis } from 'ioredis';
 import type { Runtime } from '../config/compile.ts';
 
 export interface CheckResult {
@@ -29,11 +30,21 @@ async function checkIssuerKeys(runtime: Runtime): Promise<CheckResult[]> {
   );
 }
 
-export async function checkReadiness(runtime: Runtime | undefined, draining: boolean): Promise<Readiness> {
+async function checkRedis(redis: Redis): Promise<CheckResult> {
+  try {
+    await redis.ping(); // bounded by redis.commandTimeoutMs
+    return { name: 'redis', ok: true };
+  } catch (err) {
+    return { name: 'redis', ok: false, detail: `unreachable: ${(err as Error).message}` };
+  }
+}
+
+export async function checkReadiness(runtime: Runtime | undefined, draining: boolean, redis?: Redis): Promise<Readiness> {
   const checks: CheckResult[] = [
     { name: 'config', ok: runtime !== undefined, detail: runtime ? `version ${runtime.version}` : 'not loaded' },
     { name: 'draining', ok: !draining, detail: draining ? 'shutting down' : undefined },
   ];
   if (runtime !== undefined) checks.push(...(await checkIssuerKeys(runtime)));
+  if (redis !== undefined) checks.push(await checkRedis(redis));
   return { ready: checks.every((c) => c.ok), checks };
 }

@@ -1,4 +1,4 @@
-// Stage 3: Bearer JWT → identity. Verification is jose's; this stage picks the issuer,
+// Stage 3: access token (Bearer or DPoP scheme) → identity. Verification is jose's; this stage picks the issuer,
 // maps failures to the closed error set, and keeps verified tokens in a bounded cache.
 import { decodeJwt, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import type { CompiledIssuer } from '../identity/issuers.ts';
@@ -13,12 +13,18 @@ export interface AuthnDeps {
   readonly now?: () => number;
 }
 
-/** RFC 6750 §2.1: `Bearer` (any case), one space, then the b64token. Anything else is not a bearer token. */
-export function extractBearer(header: string | undefined): string | undefined {
+/**
+ * RFC 6750 §2.1 `Bearer <token>` or RFC 9449 §7.1 `DPoP <token>` (scheme case-insensitive,
+ * one space). Anything else is not a token we accept.
+ */
+export function extractToken(header: string | undefined): { token: string; scheme: 'bearer' | 'dpop' } | undefined {
   if (header === undefined) return undefined;
-  if (header.length < 8 || header.charCodeAt(6) !== 32 || header.slice(0, 6).toLowerCase() !== 'bearer') return undefined;
-  const token = header.slice(7).trim();
-  return token === '' ? undefined : token;
+  const space = header.indexOf(' ');
+  if (space !== 6 && space !== 4) return undefined;
+  const scheme = header.slice(0, space).toLowerCase();
+  if (scheme !== 'bearer' && scheme !== 'dpop') return undefined;
+  const token = header.slice(space + 1).trim();
+  return token === '' ? undefined : { token, scheme };
 }
 
 function groupsOf(payload: JWTPayload, claim: string): readonly string[] {
@@ -77,11 +83,14 @@ export function createAuthnStage(deps: AuthnDeps): Stage {
   return (ctx: RequestContext) => {
     const route = ctx.route!;
     if (route.public) return;
-    const token = extractBearer(ctx.headers.authorization);
-    if (token === undefined) {
+    const presented = extractToken(ctx.headers.authorization);
+    if (presented === undefined) {
       if (ctx.headers.authorization === undefined) throw new MissingTokenError('no credentials');
       throw new InvalidTokenError('malformed Authorization header');
     }
+    const { token } = presented;
+    ctx.accessToken = token;
+    ctx.tokenScheme = presented.scheme;
 
     const cached = cache.get(token, now());
     if (cached !== undefined) {

@@ -1,5 +1,7 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { DevicePosture } from '../identity/devices/registry.ts';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -18,6 +20,24 @@ export interface CompiledRoute {
   readonly issuers: readonly string[];
   readonly timeoutMs: number;
   readonly websocket: boolean;
+  /** Device binding policy (see the route's `device` config). */
+  readonly deviceBinding: 'required' | 'optional' | 'off';
+  readonly requireEnrolledDevice: boolean;
+  readonly forwardAuthorization: boolean;
+}
+
+/** What the gateway knows about the device a request came from; what policies will read. */
+export interface DeviceContext {
+  /** The cryptographic fingerprint: RFC 7638 JWK thumbprint (DPoP) or x5t#S256 (mTLS); undefined when unbound. */
+  readonly id: string | undefined;
+  readonly binding: 'dpop' | 'mtls' | 'none';
+  readonly enrolled: boolean;
+  /** The registry's owner is the token's subject. */
+  readonly ownerMatches: boolean;
+  readonly posture: DevicePosture | undefined;
+  readonly stale: boolean;
+  /** Passive client traits differ from the last request of this device (a risk signal only). */
+  readonly fingerprintChanged: boolean;
 }
 
 export interface Identity {
@@ -76,6 +96,19 @@ export interface RequestContext {
 
   // authn
   identity?: Identity;
+  /** The access token as presented (for DPoP's ath); never logged. */
+  accessToken?: string;
+  /** Authorization scheme used: DPoP-bound tokens must come as "DPoP". */
+  tokenScheme?: 'bearer' | 'dpop';
+
+  // device
+  device?: DeviceContext;
+  /** SHA-256 thumbprint (base64url) of the verified client certificate, when mTLS presented one. */
+  clientCertThumbprint?: string;
+
+  // upstream
+  /** The signed identity assertion for the upstream (absent on public routes). */
+  assertion?: string;
 }
 
 /** A stage adds its result to the context or throws a ZtError. Sync when it can be: no promise on the fast path. */
@@ -85,8 +118,23 @@ export type Stage = (ctx: RequestContext) => void | Promise<void>;
 // only if it looks like an id, not like a log-injection payload.
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+// One certificate per TLS connection: hash it once, not on every keep-alive request.
+const certThumbprints = new WeakMap<object, string | undefined>();
+
+/** RFC 8705 §3.1 x5t#S256 of a client certificate the handshake verified against the device CA. */
+function clientCertThumbprint(socket: IncomingMessage['socket']): string | undefined {
+  if (!('encrypted' in socket)) return undefined;
+  if (certThumbprints.has(socket)) return certThumbprints.get(socket);
+  const tlsSocket = socket as TLSSocket;
+  const cert = tlsSocket.authorized ? tlsSocket.getPeerCertificate() : undefined;
+  const thumbprint = cert?.raw === undefined ? undefined : createHash('sha256').update(cert.raw).digest('base64url');
+  certThumbprints.set(socket, thumbprint);
+  return thumbprint;
+}
+
 export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean): RequestContext {
   return {
+    clientCertThumbprint: clientCertThumbprint(raw.socket),
     id,
     method: raw.method ?? 'GET',
     rawUrl: raw.url ?? '',

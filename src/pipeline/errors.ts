@@ -7,10 +7,13 @@ export abstract class ZtError extends Error {
   static readonly code: string;
   abstract readonly code: string;
   abstract readonly status: number;
+  /** Per-instance response headers (e.g. a fresh DPoP-Nonce); static ones live in the problem table. */
+  readonly headers: Readonly<Record<string, string>> | undefined;
 
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(message: string, options?: { cause?: unknown; headers?: Record<string, string> }) {
     super(message, options);
     this.name = new.target.name;
+    this.headers = options?.headers;
   }
 }
 
@@ -61,6 +64,55 @@ export class IssuerUnavailableError extends ZtError {
   readonly status = 503;
 }
 
+/** A DPoP proof is missing or fails an RFC 9449 §4.3 check. */
+export class InvalidDpopProofError extends ZtError {
+  static override readonly code = 'ERR_INVALID_DPOP_PROOF';
+  readonly code = InvalidDpopProofError.code;
+  readonly status = 401;
+}
+
+/** The proof lacks a current server nonce; the response carries a fresh DPoP-Nonce (RFC 9449 §8). */
+export class UseDpopNonceError extends ZtError {
+  static override readonly code = 'ERR_USE_DPOP_NONCE';
+  readonly code = UseDpopNonceError.code;
+  readonly status = 401;
+}
+
+/** The route requires a device-bound token and this one is a plain bearer token. */
+export class DeviceBindingRequiredError extends ZtError {
+  static override readonly code = 'ERR_DEVICE_BINDING_REQUIRED';
+  readonly code = DeviceBindingRequiredError.code;
+  readonly status = 401;
+}
+
+/** The token is bound to a certificate the client did not present (RFC 8705 §3). */
+export class CertificateMismatchError extends ZtError {
+  static override readonly code = 'ERR_CERTIFICATE_MISMATCH';
+  readonly code = CertificateMismatchError.code;
+  readonly status = 401;
+}
+
+/** The device was revoked: refused everywhere, at once. */
+export class DeviceRevokedError extends ZtError {
+  static override readonly code = 'ERR_DEVICE_REVOKED';
+  readonly code = DeviceRevokedError.code;
+  readonly status = 403;
+}
+
+/** The route requires an enrolled device owned by the caller, with fresh posture; this one is not. */
+export class DeviceNotTrustedError extends ZtError {
+  static override readonly code = 'ERR_DEVICE_NOT_TRUSTED';
+  readonly code = DeviceNotTrustedError.code;
+  readonly status = 403;
+}
+
+/** A dependency needed to decide (Redis, the device registry) failed; the request is refused, not waved through. */
+export class DependencyUnavailableError extends ZtError {
+  static override readonly code = 'ERR_DEPENDENCY_UNAVAILABLE';
+  readonly code = DependencyUnavailableError.code;
+  readonly status = 503;
+}
+
 export class UpstreamUnreachableError extends ZtError {
   static override readonly code = 'ERR_UPSTREAM_UNREACHABLE';
   readonly code = UpstreamUnreachableError.code;
@@ -96,6 +148,13 @@ export const ALL_ERRORS = [
   MissingTokenError,
   InvalidTokenError,
   IssuerUnavailableError,
+  InvalidDpopProofError,
+  UseDpopNonceError,
+  DeviceBindingRequiredError,
+  CertificateMismatchError,
+  DeviceRevokedError,
+  DeviceNotTrustedError,
+  DependencyUnavailableError,
   UpstreamUnreachableError,
   UpstreamTimeoutError,
   ShuttingDownError,

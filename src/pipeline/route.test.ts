@@ -14,6 +14,9 @@ function route(name: string, pathPrefix: string, extra: Partial<CompiledRoute> =
     issuers: [],
     timeoutMs: 1000,
     websocket: false,
+    deviceBinding: 'optional',
+    requireEnrolledDevice: false,
+    forwardAuthorization: false,
     ...extra,
   };
 }

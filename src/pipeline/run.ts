@@ -5,12 +5,14 @@ import type { RequestContext, Stage } from './context.ts';
 export interface PipelineStages {
   hygiene: Stage; // 1 normalise + reject ambiguous paths, forwarded headers from trusted peers only
   route: Stage; //   2 host + longest path prefix → route
-  authn: Stage; //   3 Bearer JWT → identity
-  // 4 device, 5 risk, 6 authz, 7 limit plug in here as their issues land (shared/ARCHITECTURE.md).
+  authn: Stage; //   3 access token (Bearer or DPoP) → identity
+  device: Stage; //  4 DPoP proof / mTLS certificate binding → device (+ posture from the registry)
+  // 5 risk, 6 authz, 7 limit plug in here as their issues land (shared/ARCHITECTURE.md).
+  assertion: Stage; // 8 signed identity assertion for the upstream (then the proxy forwards)
 }
 
 export function pipelineOf(stages: PipelineStages): readonly Stage[] {
-  return Object.freeze([stages.hygiene, stages.route, stages.authn]);
+  return Object.freeze([stages.hygiene, stages.route, stages.authn, stages.device, stages.assertion]);
 }
 
 /** Runs stages until one throws. Stays synchronous while stages are (the cached-token fast path). */

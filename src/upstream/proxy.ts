@@ -4,7 +4,7 @@
 import type { FastifyReply } from 'fastify';
 import type { RequestContext } from '../pipeline/context.ts';
 import { UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../pipeline/errors.ts';
-import { clientResponseHeaders, upstreamRequestHeaders } from './headers.ts';
+import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './headers.ts';
 
 export interface ForwardHooks {
   /** Upstream response headers arrived (for the upstream latency histogram). */
@@ -18,14 +18,14 @@ export function translateUpstreamError(error: { statusCode?: number; code?: stri
   return new UpstreamUnreachableError('upstream failed', { cause: error });
 }
 
-export function forward(reply: FastifyReply, ctx: RequestContext, hooks: ForwardHooks): FastifyReply {
+export function forward(reply: FastifyReply, ctx: RequestContext, policy: ForwardingPolicy, hooks: ForwardHooks): FastifyReply {
   const route = ctx.route!;
   return reply.from(route.upstreamOrigin + ctx.upstreamPath!, {
     timeout: route.timeoutMs,
     // reply-from retries GETs on 503 and on some socket errors by default; a gateway must
     // not multiply traffic to a struggling service behind the client's back.
     retryDelay: () => null,
-    rewriteRequestHeaders: (_request, headers) => upstreamRequestHeaders(ctx, headers),
+    rewriteRequestHeaders: (_request, headers) => upstreamRequestHeaders(ctx, headers.host, policy),
     rewriteHeaders: (headers) => {
       hooks.onUpstreamResponse(ctx);
       return clientResponseHeaders(ctx, headers);

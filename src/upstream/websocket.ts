@@ -13,7 +13,7 @@ import { newContext, requestIdFor, type RequestContext } from '../pipeline/conte
 import { BadRequestError, ShuttingDownError, UpstreamTimeoutError, UpstreamUnreachableError } from '../pipeline/errors.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import { toProblem } from '../observability/problem.ts';
-import { upstreamRequestHeaders } from './headers.ts';
+import { upstreamRequestHeaders, type ForwardingPolicy } from './headers.ts';
 
 export interface WebSocketProxyOptions {
   readonly holder: RuntimeHolder;
@@ -36,13 +36,12 @@ function refuse(socket: Duplex, requestId: string, err: unknown): void {
   socket.end(body);
 }
 
-function relay(ctx: RequestContext, clientSocket: Duplex, head: Buffer, logger: Logger): void {
+function relay(ctx: RequestContext, policy: ForwardingPolicy, clientSocket: Duplex, head: Buffer, logger: Logger): void {
   const route = ctx.route!;
   const target = new URL(route.upstreamOrigin);
-  const headers = upstreamRequestHeaders(ctx, { ...ctx.headers });
+  const headers = upstreamRequestHeaders(ctx, target.host, policy);
   headers.connection = 'Upgrade';
   headers.upgrade = ctx.headers.upgrade;
-  headers.host = target.host;
   const request = (target.protocol === 'https:' ? https : http).request({
     host: target.hostname,
     port: target.port,
@@ -80,15 +79,16 @@ function relay(ctx: RequestContext, clientSocket: Duplex, head: Buffer, logger: 
 
 export function attachWebSocketProxy(app: FastifyInstance, opts: WebSocketProxyOptions): void {
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const ctx = newContext(req, requestIdFor(req, opts.holder.current.trust), true);
+    const runtime = opts.holder.current;
+    const ctx = newContext(req, requestIdFor(req, runtime.trust), true);
     socket.on('error', () => socket.destroy());
     const run = async () => {
       if (opts.isDraining()) throw new ShuttingDownError('draining');
-      await runPipeline(opts.holder.current.stages, ctx);
+      await runPipeline(runtime.stages, ctx);
       if (!ctx.route!.websocket) throw new BadRequestError(`websocket not enabled on route ${ctx.route!.name}`);
     };
     run().then(
-      () => relay(ctx, socket, head, opts.logger),
+      () => relay(ctx, runtime.forwarding, socket, head, opts.logger),
       (err: unknown) => {
         opts.logger.info({ reqId: ctx.id, route: ctx.route?.name, code: (err as { code?: string }).code, client: ctx.clientIp }, 'websocket refused');
         refuse(socket, ctx.id, err);

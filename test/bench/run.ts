@@ -4,7 +4,7 @@
 // round is reported. On a 2-core box autocannon competes with the servers for CPU, so
 // absolute req/s mean little and the ratio to the bare proxy is the number to watch.
 //
-//   npm run bench [-- --rounds 3 --duration 10 --warmup 3 --connections 50]
+//   npm run bench [-- --rounds 3 --duration 10 --warmup 5 --connections 50]
 //
 // Exit 1 if any response was not 2xx or any request failed; the ratio is reported, not
 // enforced (one noisy run on a laptop should not fail anything).
@@ -24,7 +24,7 @@ const { values: flags } = parseArgs({
   options: {
     rounds: { type: 'string', default: '3' },
     duration: { type: 'string', default: '10' },
-    warmup: { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '5' },
     connections: { type: 'string', default: '50' },
   },
 });

@@ -1,0 +1,149 @@
+// The signed identity assertion upstreams trust instead of client headers: a short-lived
+// JWT (jose) saying who, from which device, with what posture, for which route. Upstreams
+// verify it against the gateway's JWKS (/.well-known/zt-jwks.json).
+//
+// Signing costs ~150-280 µs of CPU per ES256 signature on the reference machine (measured
+// with jose and node:crypto), more than the rest of the request path together, so by default
+// an assertion is reused for `reuseS` seconds for the same (route, subject, groups, device,
+// posture, config). It then carries no per-request id; X-Request-Id does. `reuseS: 0` signs
+// every request and adds the request id as `rid`, for upstreams that need it signed.
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { LRUCache } from 'lru-cache';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK, type CryptoKey } from 'jose';
+import type { AssertionConfig } from '../config/schema.ts';
+import type { RequestContext } from '../pipeline/context.ts';
+
+export interface SigningKey {
+  readonly kid: string;
+  readonly alg: string;
+  readonly privateKey: CryptoKey;
+  readonly publicJwk: JWK;
+}
+
+export interface AssertionSigner {
+  readonly header: string;
+  /** Public keys of every configured signing key: the active one and those kept for overlap. */
+  readonly jwks: { readonly keys: readonly JWK[] };
+  /** The assertion for this request; synchronous when a reusable one is cached. */
+  assertionFor(ctx: RequestContext, nowMs: number): string | Promise<string>;
+}
+
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k'];
+
+function publicPart(jwk: JWK): JWK {
+  return Object.fromEntries(Object.entries(jwk).filter(([k]) => !PRIVATE_MEMBERS.includes(k))) as JWK;
+}
+
+async function toSigningKey(privateJwk: JWK, fallbackAlg = 'ES256'): Promise<SigningKey> {
+  const alg = privateJwk.alg ?? fallbackAlg;
+  const publicJwk = publicPart(privateJwk);
+  const kid = privateJwk.kid ?? (await calculateJwkThumbprint(publicJwk));
+  const privateKey = (await importJWK(privateJwk, alg)) as CryptoKey;
+  return Object.freeze({ kid, alg, privateKey, publicJwk: Object.freeze({ ...publicJwk, kid, alg, use: 'sig' }) });
+}
+
+/** A per-process key for single-instance and demo use; a fleet must share configured keys. */
+export async function generateSigningKey(alg = 'ES256'): Promise<SigningKey> {
+  const { privateKey } = await generateKeyPair(alg, { extractable: true });
+  return toSigningKey({ ...(await exportJWK(privateKey)), alg });
+}
+
+export async function loadSigningKey(file: string): Promise<SigningKey> {
+  const jwk = JSON.parse(readFileSync(file, 'utf8')) as JWK;
+  if (jwk.d === undefined) throw new Error(`${file}: not a private JWK (no "d")`);
+  return toSigningKey(jwk);
+}
+
+function claimsOf(ctx: RequestContext, configVersion: string): Record<string, unknown> {
+  const identity = ctx.identity;
+  const device = ctx.device;
+  const posture = device?.posture;
+  return {
+    sub: identity?.subject,
+    groups: identity?.groups,
+    idp: identity?.issuer,
+    dev: device && {
+      id: device.id,
+      bind: device.binding,
+      enrolled: device.enrolled,
+      owner_match: device.ownerMatches,
+      stale: device.stale,
+      posture: posture && {
+        managed: posture.managed,
+        disk_encrypted: posture.diskEncrypted,
+        os: posture.os,
+        os_version: posture.osVersion,
+        trust: posture.trustLevel,
+      },
+    },
+    cfg: configVersion,
+  };
+}
+
+function reuseKey(ctx: RequestContext): string {
+  const identity = ctx.identity;
+  const device = ctx.device;
+  // Everything the claims depend on; posture by reference is not enough (records are re-read).
+  return [
+    ctx.route!.name,
+    identity?.issuer,
+    identity?.subject,
+    identity?.groups.join(','),
+    device?.id,
+    device?.binding,
+    device?.enrolled,
+    device?.ownerMatches,
+    device?.stale,
+    device?.posture && JSON.stringify(device.posture),
+  ].join('\u0000');
+}
+
+export function createAssertionSigner(
+  config: AssertionConfig,
+  keys: readonly SigningKey[],
+  configVersion: string,
+): AssertionSigner {
+  const active = keys[0];
+  if (active === undefined) throw new Error('assertion: no signing key');
+  const lifetimeS = config.lifetimeS;
+  const reuseMs = Math.min(config.reuseS, lifetimeS - 5) * 1000;
+  const cache = new LRUCache<string, { jwt: Promise<string>; value?: string; reuseUntilMs: number }>({ max: 10_000 });
+
+  const sign = (ctx: RequestContext, nowMs: number, withRequestId: boolean): Promise<string> => {
+    const iat = Math.floor(nowMs / 1000);
+    return new SignJWT({ ...claimsOf(ctx, configVersion), ...(withRequestId ? { rid: ctx.id } : {}) })
+      .setProtectedHeader({ alg: active.alg, kid: active.kid, typ: 'zt-assertion+jwt' })
+      .setIssuer(config.issuer)
+      .setAudience(ctx.route!.name)
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + lifetimeS)
+      .setJti(randomUUID())
+      .sign(active.privateKey);
+  };
+
+  return Object.freeze({
+    header: config.header,
+    jwks: Object.freeze({ keys: Object.freeze(keys.map((k) => k.publicJwk)) }),
+    assertionFor(ctx: RequestContext, nowMs: number) {
+      if (reuseMs <= 0) return sign(ctx, nowMs, true);
+      const key = reuseKey(ctx);
+      const hit = cache.get(key);
+      if (hit !== undefined && nowMs < hit.reuseUntilMs) return hit.value ?? hit.jwt;
+      // Concurrent misses for the same key share one signature.
+      const entry: { jwt: Promise<string>; value?: string; reuseUntilMs: number } = { jwt: sign(ctx, nowMs, false), reuseUntilMs: nowMs + reuseMs };
+      entry.jwt.then(
+        (jwt) => (entry.value = jwt),
+        () => cache.delete(key),
+      );
+      cache.set(key, entry);
+      return entry.jwt;
+    },
+  });
+}
+
+export async function loadSigningKeys(config: AssertionConfig, configDir: string, fallback: SigningKey): Promise<SigningKey[]> {
+  if (config.signingKeys.length === 0) return [fallback];
+  return Promise.all(config.signingKeys.map((file) => loadSigningKey(resolve(configDir, file))));
+}

@@ -1,0 +1,210 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRedis, type RedisProcess } from '../../test/helpers/redis.ts';
+import { replayCacheContract } from './replay-cache.contract.ts';
+import { createMemoryReplayCache, createRedisReplayCache, ReplayCacheUnavailableError } from './replay-cache.ts';
+
+function client(url: string): Redis {
+  const redis = new Redis(url);
+  // ioredis logs unhandled 'error' events; the failure tests cause them on purpose.
+  redis.on('error', () => {});
+  return redis;
+}
+
+replayCacheContract('memory', async () => {
+  const cache = createMemoryReplayCache({ maxEntries: 1000 });
+  return { cache, cleanup: () => cache.close() };
+});
+
+let server: RedisProcess;
+beforeAll(async () => {
+  server = await startRedis();
+});
+afterAll(async () => {
+  await server.stop();
+});
+
+replayCacheContract('redis', async () => {
+  const redis = client(server.url);
+  // A fresh prefix per fixture keeps tests independent on the one server.
+  const cache = createRedisReplayCache({ redis, prefix: `test:${randomUUID()}:`, timeoutMs: 1000 });
+  return {
+    cache,
+    cleanup: async () => {
+      redis.disconnect();
+    },
+  };
+});
+
+describe('memory replay cache', () => {
+  it('remembers a key for exactly ttl milliseconds of the injected clock', async () => {
+    let now = 5_000;
+    const cache = createMemoryReplayCache({ maxEntries: 10, now: () => now });
+    expect(await cache.checkAndRemember('k', 1000)).toBe(true);
+    now += 999;
+    expect(await cache.checkAndRemember('k', 1000)).toBe(false);
+    now += 1;
+    expect(await cache.checkAndRemember('k', 1000)).toBe(true);
+  });
+
+  it('works with a clock that starts at zero', async () => {
+    let now = 0;
+    const cache = createMemoryReplayCache({ maxEntries: 10, now: () => now });
+    expect(await cache.checkAndRemember('k', 1000)).toBe(true);
+    expect(await cache.checkAndRemember('k', 1000)).toBe(false);
+    now = 1000;
+    expect(await cache.checkAndRemember('k', 1000)).toBe(true);
+  });
+
+  it('counts and reports a live entry evicted before its ttl, the replay it opens', async () => {
+    let now = 0;
+    const early: { key: string; remainingMs: number }[] = [];
+    const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now, onEarlyEviction: (e) => early.push(e) });
+    await cache.checkAndRemember('a', 1000);
+    now = 100;
+    await cache.checkAndRemember('b', 1000);
+    await cache.checkAndRemember('c', 1000);
+    expect(cache.size).toBe(2);
+    expect(cache.earlyEvictions).toBe(1);
+    expect(early).toEqual([{ key: 'a', remainingMs: 900 }]);
+    // This is the hazard maxEntries must be sized against: 'a' is replayable inside its window.
+    expect(await cache.checkAndRemember('a', 1000)).toBe(true);
+  });
+
+  it('does not count evicting an entry that had already expired', async () => {
+    let now = 0;
+    const early: unknown[] = [];
+    const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now, onEarlyEviction: (e) => early.push(e) });
+    await cache.checkAndRemember('a', 1000);
+    await cache.checkAndRemember('b', 1000);
+    now = 1000;
+    await cache.checkAndRemember('c', 1000);
+    await cache.checkAndRemember('d', 1000);
+    expect(cache.earlyEvictions).toBe(0);
+    expect(early).toEqual([]);
+  });
+
+  it('evicts in expiry order: a replay check does not make an entry "recent"', async () => {
+    let now = 0;
+    const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now });
+    await cache.checkAndRemember('a', 1000);
+    now = 1;
+    await cache.checkAndRemember('b', 1000);
+    expect(await cache.checkAndRemember('a', 1000)).toBe(false);
+    await cache.checkAndRemember('c', 1000);
+    // 'a' was the oldest and went first, although it was the most recently looked up.
+    expect(await cache.checkAndRemember('b', 1000)).toBe(false);
+    expect(cache.earlyEvictions).toBe(1);
+  });
+
+  it('refuses an unbounded or nonsensical size', () => {
+    expect(() => createMemoryReplayCache({ maxEntries: 0 })).toThrow(RangeError);
+    expect(() => createMemoryReplayCache({ maxEntries: 1.5 })).toThrow(RangeError);
+    expect(() => createMemoryReplayCache({ maxEntries: Number.POSITIVE_INFINITY })).toThrow(RangeError);
+  });
+});
+
+describe('redis replay cache', () => {
+  it('two instances sharing one Redis see each other’s entries (cross-instance replay)', async () => {
+    const prefix = `test:${randomUUID()}:`;
+    const [ra, rb] = [client(server.url), client(server.url)];
+    try {
+      const a = createRedisReplayCache({ redis: ra, prefix, timeoutMs: 1000 });
+      const b = createRedisReplayCache({ redis: rb, prefix, timeoutMs: 1000 });
+      expect(await a.checkAndRemember('jkt:jti-1', 10_000)).toBe(true);
+      expect(await b.checkAndRemember('jkt:jti-1', 10_000)).toBe(false);
+      expect(await b.checkAndRemember('jkt:jti-2', 10_000)).toBe(true);
+      expect(await a.checkAndRemember('jkt:jti-2', 10_000)).toBe(false);
+    } finally {
+      ra.disconnect();
+      rb.disconnect();
+    }
+  });
+
+  it('stores under the prefix with the ttl as a PX expiry', async () => {
+    const prefix = `test:${randomUUID()}:`;
+    const redis = client(server.url);
+    try {
+      const cache = createRedisReplayCache({ redis, prefix, timeoutMs: 1000 });
+      await cache.checkAndRemember('k', 30_000);
+      const pttl = await redis.pttl(`${prefix}k`);
+      expect(pttl).toBeGreaterThan(25_000);
+      expect(pttl).toBeLessThanOrEqual(30_000);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it('different prefixes do not collide', async () => {
+    const redis = client(server.url);
+    try {
+      const a = createRedisReplayCache({ redis, prefix: `test:${randomUUID()}:`, timeoutMs: 1000 });
+      const b = createRedisReplayCache({ redis, prefix: `test:${randomUUID()}:`, timeoutMs: 1000 });
+      expect(await a.checkAndRemember('k', 10_000)).toBe(true);
+      expect(await b.checkAndRemember('k', 10_000)).toBe(true);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it('Redis killed: checkAndRemember rejects with a typed error, never resolves true', async () => {
+    const own = await startRedis();
+    const redis = client(own.url);
+    try {
+      const cache = createRedisReplayCache({ redis, prefix: 'test:', timeoutMs: 300 });
+      expect(await cache.checkAndRemember('before', 10_000)).toBe(true);
+      await own.stop();
+      const started = Date.now();
+      const err = await cache.checkAndRemember('after', 10_000).then(
+        (v) => v,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(ReplayCacheUnavailableError);
+      expect(Date.now() - started).toBeLessThan(2000);
+    } finally {
+      redis.disconnect();
+      await own.stop();
+    }
+  });
+
+  it('fails fast too when the client does not queue while disconnected', async () => {
+    const own = await startRedis();
+    const redis = new Redis(own.url, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0 });
+    redis.on('error', () => {});
+    try {
+      const cache = createRedisReplayCache({ redis, prefix: 'test:', timeoutMs: 5000 });
+      await redis.connect();
+      await own.stop();
+      const err = await cache.checkAndRemember('after', 10_000).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ReplayCacheUnavailableError);
+      expect((err as ReplayCacheUnavailableError).reason).toBe('error');
+      expect((err as ReplayCacheUnavailableError).cause).toBeInstanceOf(Error);
+    } finally {
+      redis.disconnect();
+      await own.stop();
+    }
+  });
+
+  it('Redis too slow: rejects with reason "timeout" after timeoutMs', async () => {
+    const admin = client(server.url);
+    const redis = client(server.url);
+    try {
+      const cache = createRedisReplayCache({ redis, prefix: `test:${randomUUID()}:`, timeoutMs: 150 });
+      await redis.ping();
+      // Holds every client's write commands server-side: a wedged Redis, not a dead one.
+      await admin.call('CLIENT', 'PAUSE', '1000', 'WRITE');
+      const started = Date.now();
+      const err = await cache.checkAndRemember('k', 10_000).catch((e: unknown) => e);
+      const took = Date.now() - started;
+      expect(err).toBeInstanceOf(ReplayCacheUnavailableError);
+      expect((err as ReplayCacheUnavailableError).reason).toBe('timeout');
+      expect(took).toBeGreaterThanOrEqual(140);
+      expect(took).toBeLessThan(900);
+    } finally {
+      await admin.call('CLIENT', 'UNPAUSE');
+      admin.disconnect();
+      redis.disconnect();
+    }
+  });
+});

@@ -1,0 +1,81 @@
+// Long-lived resources a gateway process owns across config reloads: the Redis connection,
+// the device registry, the DPoP replay cache, the per-process assertion key. A reload builds
+// a new Runtime over the same services; changing them (e.g. redis.url) needs a restart.
+import { resolve } from 'node:path';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Config } from './config/schema.ts';
+import { generateSigningKey, type SigningKey } from './identity/assertion.ts';
+import type { DeviceRegistry } from './identity/devices/registry.ts';
+import { createFileRegistry } from './identity/devices/file-store.ts';
+import { createRedisRegistry } from './identity/devices/redis-store.ts';
+import { createMemoryReplayCache, createRedisReplayCache, type ReplayCache } from './identity/replay-cache.ts';
+import { createFingerprintTracker, type FingerprintTracker } from './identity/fingerprint.ts';
+import type { GatewayMetrics } from './observability/metrics.ts';
+
+export interface Services {
+  readonly redis: Redis | undefined;
+  readonly registry: DeviceRegistry;
+  readonly replayCache: ReplayCache;
+  readonly fingerprints: FingerprintTracker | undefined;
+  /** Signs assertions when no keys are configured (single instance, demo). */
+  readonly ephemeralKey: SigningKey;
+  close(): Promise<void>;
+}
+
+function connectRedis(config: NonNullable<Config['redis']>, logger: Logger, metrics: GatewayMetrics): Redis {
+  const redis = new Redis(config.url, {
+    // Fail fast instead of queueing: a request waiting on a dead Redis is a request that
+    // should get its declared failure mode now (the stages fail closed with 503).
+    commandTimeout: config.commandTimeoutMs,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 2000,
+    retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
+    lazyConnect: false,
+  });
+  let healthy = true;
+  redis.on('error', (err) => {
+    metrics.dependencyErrors.inc({ dependency: 'redis' });
+    if (healthy) logger.error({ err: err.message }, 'redis unavailable; requests that need it are refused (fail closed)');
+    healthy = false;
+  });
+  redis.on('ready', () => {
+    if (!healthy) logger.info('redis reachable again');
+    healthy = true;
+  });
+  return redis;
+}
+
+export async function createServices(config: Config, configDir: string, logger: Logger, metrics: GatewayMetrics): Promise<Services> {
+  const redis = config.redis === undefined ? undefined : connectRedis(config.redis, logger, metrics);
+  const registryConfig = config.devices.registry;
+  let registry: DeviceRegistry;
+  if ('redis' in registryConfig) {
+    if (redis === undefined) throw new Error('devices.registry.redis needs a redis section');
+    registry = createRedisRegistry({ redis, cacheTtlMs: config.devices.cacheTtlMs });
+  } else {
+    registry = createFileRegistry({
+      file: resolve(configDir, registryConfig.file),
+      watch: true,
+      onError: (err: unknown) => logger.error({ err: String((err as Error).message ?? err) }, 'device file rejected; keeping the last good one'),
+      onReload: () => logger.info('device file reloaded'),
+    });
+  }
+  const replayCache =
+    redis === undefined
+      ? createMemoryReplayCache({ maxEntries: config.identity.dpop.replayCacheMaxEntries })
+      : createRedisReplayCache({ redis, prefix: 'ztgw:dpop:jti:', timeoutMs: config.redis!.commandTimeoutMs });
+  return {
+    redis,
+    registry,
+    replayCache,
+    fingerprints: config.devices.fingerprint ? createFingerprintTracker({ maxDevices: 100_000 }) : undefined,
+    ephemeralKey: await generateSigningKey(),
+    async close() {
+      await registry.close();
+      await replayCache.close?.();
+      redis?.disconnect();
+    },
+  };
+}
