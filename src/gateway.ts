@@ -7,7 +7,7 @@ import { compileRuntime, type RuntimeHolder } from './config/compile.ts';
 import { loadConfigFile } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { buildAdminPlane } from './observability/admin.ts';
-import { createLogger } from './observability/logging.ts';
+import { createLoggers } from './observability/logging.ts';
 import { createMetrics, type GatewayMetrics } from './observability/metrics.ts';
 import { buildDataPlane } from './server.ts';
 import { createServices, type Services } from './services.ts';
@@ -49,7 +49,7 @@ function urlOf(address: AddressInfo | string | null, tls = false): string {
 /** Throws ConfigError (with file:line issues) or a compile error before anything listens. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const initial = loadSource(opts.source);
-  const logger = createLogger(initial.config.server.logLevel, opts.logDestination);
+  const { logger, access } = createLoggers(initial.config.server.logLevel, opts.logDestination);
   const metrics = createMetrics();
   const services = await createServices(initial.config, initial.dir, logger, metrics);
   const compile = (next: { config: Config; dir: string }) => compileRuntime(next.config, { configDir: next.dir, services, now: opts.now });
@@ -65,7 +65,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   let lastReloadError: string | undefined;
   const isDraining = () => draining;
 
-  const data = buildDataPlane({ holder, logger, metrics, isDraining, configDir: initial.dir });
+  const data = buildDataPlane({ holder, logger, accessLogger: access, metrics, isDraining, configDir: initial.dir });
   const admin = buildAdminPlane({ holder, services, logger, metrics, isDraining, lastReloadError: () => lastReloadError });
   try {
     await data.listen({ host: server.listen.host, port: server.listen.port });

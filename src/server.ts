@@ -22,6 +22,8 @@ import { attachWebSocketProxy } from './upstream/websocket.ts';
 export interface DataPlaneOptions {
   readonly holder: RuntimeHolder;
   readonly logger: Logger;
+  /** Unredacted, for access lines built from fixed fields only. */
+  readonly accessLogger: Logger;
   readonly metrics: GatewayMetrics;
   /** Set while draining for shutdown: new requests get 503 with Connection: close. */
   readonly isDraining: () => boolean;
@@ -183,7 +185,7 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     requestCounter(`${route} ${status} ${decision}`).inc();
     requestTimer(route).observe(reply.elapsedTime / 1000);
     if (error !== undefined && status === 401) metrics.authFailures.inc({ reason: error.code });
-    logger.info(
+    opts.accessLogger.info(
       {
         reqId: request.id,
         method: request.method,

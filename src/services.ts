@@ -47,21 +47,35 @@ function connectRedis(config: NonNullable<Config['redis']>, logger: Logger, metr
   return redis;
 }
 
+/** The registry the config names; the CLI opens it on its own, the gateway through createServices. */
+export async function openRegistry(
+  config: Config,
+  configDir: string,
+  redis?: Redis,
+  hooks: { onError?: (err: unknown) => void; onReload?: () => void; watch?: boolean } = {},
+): Promise<DeviceRegistry> {
+  const registryConfig = config.devices.registry;
+  if (!('redis' in registryConfig)) {
+    return createFileRegistry({ file: resolve(configDir, registryConfig.file), watch: hooks.watch ?? false, ...hooks });
+  }
+  const own = redis === undefined;
+  const client = redis ?? new Redis(config.redis!.url, { maxRetriesPerRequest: 1, connectTimeout: 2000 });
+  const registry = createRedisRegistry({ redis: client, cacheTtlMs: config.devices.cacheTtlMs, onError: hooks.onError });
+  if (!own) return registry;
+  // Opened for the CLI: closing the registry closes the connection it made.
+  return { ...registry, close: async () => (await registry.close(), client.disconnect()) };
+}
+
 export async function createServices(config: Config, configDir: string, logger: Logger, metrics: GatewayMetrics): Promise<Services> {
   const redis = config.redis === undefined ? undefined : connectRedis(config.redis, logger, metrics);
-  const registryConfig = config.devices.registry;
-  let registry: DeviceRegistry;
-  if ('redis' in registryConfig) {
-    if (redis === undefined) throw new Error('devices.registry.redis needs a redis section');
-    registry = createRedisRegistry({ redis, cacheTtlMs: config.devices.cacheTtlMs });
-  } else {
-    registry = createFileRegistry({
-      file: resolve(configDir, registryConfig.file),
-      watch: true,
-      onError: (err: unknown) => logger.error({ err: String((err as Error).message ?? err) }, 'device file rejected; keeping the last good one'),
-      onReload: () => logger.info('device file reloaded'),
-    });
-  }
+  const registry = await openRegistry(config, configDir, redis, {
+    watch: true,
+    onError: (err: unknown) => {
+      metrics.dependencyErrors.inc({ dependency: 'device-registry' });
+      logger.error({ err: (err as Error).message ?? String(err) }, 'device registry error (a broken file keeps its last good content)');
+    },
+    onReload: () => logger.info('device file reloaded'),
+  });
   const replayCache =
     redis === undefined
       ? createMemoryReplayCache({ maxEntries: config.identity.dpop.replayCacheMaxEntries })

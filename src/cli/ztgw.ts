@@ -7,6 +7,8 @@ import { ConfigError, formatIssue, loadConfigFile } from '../config/load.ts';
 import { startGateway, type Gateway } from '../gateway.ts';
 import { startEchoServer } from '../dev/echo.ts';
 import { loadOrCreateDevIssuer } from '../dev/issuer.ts';
+import { DEVICE_USAGE, runDeviceCommand } from './device.ts';
+import { openRegistry } from '../services.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
 const DEV_ISSUER_DIR = resolve(REPO_ROOT, '.ztgw/dev-issuer');
@@ -17,6 +19,8 @@ const USAGE = `usage: ztgw <command> [options]
   serve --config FILE      run the gateway (SIGTERM drains, SIGHUP reloads the config)
   validate --config FILE   check a config file; exit 0 if valid, 2 with file:line:col messages if not
   demo                     run the demo: echo upstream, dev issuer, gateway on 127.0.0.1:8080
+  device enroll|list|revoke --config FILE [options]
+                           manage the device registry the config names (ztgw device help)
   token --sub NAME [--groups a,b] [--aud AUD] [--ttl SECONDS]
                            print a development token signed by the demo's dev issuer
 `;
@@ -86,6 +90,26 @@ async function demo(): Promise<void> {
   superviseGateway(gateway, () => echo.close());
 }
 
+/** `--config FILE` may stand anywhere among the device command's own options. */
+function takeConfig(args: string[]): { file: string; rest: string[] } {
+  const at = args.findIndex((a) => a === '--config' || a === '-c');
+  const file = at === -1 ? undefined : args[at + 1];
+  if (file === undefined) throw new UsageError('--config FILE is required');
+  return { file: resolve(file), rest: [...args.slice(0, at), ...args.slice(at + 2)] };
+}
+
+async function device(args: string[]): Promise<void> {
+  if (args[0] === 'help' || args[0] === '--help') return void process.stdout.write(DEVICE_USAGE);
+  const { file, rest } = takeConfig(args);
+  const { config, dir } = loadConfigFile(file);
+  const registry = await openRegistry(config, dir);
+  try {
+    process.exitCode = await runDeviceCommand(rest, registry, process.stdout, process.stderr);
+  } finally {
+    await registry.close();
+  }
+}
+
 async function token(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -116,6 +140,8 @@ async function main(argv: string[]): Promise<void> {
       return demo();
     case 'token':
       return token(args);
+    case 'device':
+      return device(args);
     case undefined:
     case 'help':
     case '--help':

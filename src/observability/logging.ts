@@ -17,14 +17,24 @@ export const REDACTED_PATHS = [
   '*.token',
 ];
 
-export function createLogger(level: string, destination?: DestinationStream): Logger {
-  return pino(
-    {
-      level,
-      base: { svc: 'ztgw' },
-      redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-      // pino's default epoch-millisecond `time`: formatting ISO dates costs on every access line.
-    },
-    destination,
-  );
+export interface Loggers {
+  /** Everything but access lines; credentials redacted wherever they appear. */
+  readonly logger: Logger;
+  /**
+   * One line per request, from fixed fields the server picks (never headers or tokens), so
+   * it skips redaction: fast-redact doubled the cost of an access line (8.8 vs 4.4 µs).
+   */
+  readonly access: Logger;
+}
+
+export function createLoggers(level: string, destination?: DestinationStream): Loggers {
+  // Default: stdout through an asynchronous, buffered sonic-boom (pino flushes it on exit);
+  // a synchronous write per access line cost ~8% of throughput in the benchmark.
+  const out = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  // pino's default epoch-millisecond `time`: formatting ISO dates costs on every access line.
+  const base = { level, base: { svc: 'ztgw' } };
+  return {
+    logger: pino({ ...base, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } }, out),
+    access: pino({ ...base, base: { svc: 'ztgw', log: 'access' } }, out),
+  };
 }

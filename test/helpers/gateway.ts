@@ -5,6 +5,7 @@ import { startGateway, type Gateway } from '../../src/gateway.ts';
 import type { Config } from '../../src/config/schema.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { stringify } from 'yaml';
+import { join } from 'node:path';
 
 export interface TestGateway extends Gateway {
   logs: Record<string, any>[];
@@ -20,7 +21,8 @@ export async function startTestGateway(config: Record<string, unknown>, opts: { 
       admin: { host: '127.0.0.1', port: 0 },
     },
   };
-  const parsed: Config = parseConfig(stringify(withPorts), 'test.yaml', {});
+  const dir = opts.dir ?? process.cwd();
+  const parsed: Config = parseConfig(stringify(withPorts), join(dir, 'test.yaml'), {});
   const logs: Record<string, any>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -28,6 +30,6 @@ export async function startTestGateway(config: Record<string, unknown>, opts: { 
       done();
     },
   });
-  const gateway = await startGateway({ source: { config: parsed, dir: opts.dir ?? process.cwd() }, logDestination: sink, now: opts.now });
+  const gateway = await startGateway({ source: { config: parsed, dir }, logDestination: sink, now: opts.now });
   return Object.assign(gateway, { logs });
 }

@@ -1,6 +1,7 @@
 // A client that sends the request target exactly as given (fetch would normalise
 // "/a/../b" and "\\" before the gateway ever saw them, hiding what these tests check).
 import http, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
+import https from 'node:https';
 
 export interface RawResponse {
   status: number;
@@ -12,12 +13,20 @@ export interface RawResponse {
 export function rawRequest(
   baseUrl: string,
   path: string,
-  opts: { method?: string; headers?: OutgoingHttpHeaders; body?: string | Buffer; timeoutMs?: number } = {},
+  opts: {
+    method?: string;
+    headers?: OutgoingHttpHeaders;
+    body?: string | Buffer;
+    timeoutMs?: number;
+    /** For https URLs: the CA to trust, and a client certificate to present (mTLS). */
+    tls?: { ca: string; cert?: string; key?: string };
+  } = {},
 ): Promise<RawResponse> {
   const url = new URL(baseUrl);
+  const client = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: url.hostname, port: url.port, method: opts.method ?? 'GET', path, headers: opts.headers, agent: false },
+    const req = client.request(
+      { host: url.hostname, port: url.port, method: opts.method ?? 'GET', path, headers: opts.headers, agent: false, ...opts.tls },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
