@@ -13,7 +13,7 @@ import { resolve } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK, type CryptoKey } from 'jose';
 import type { AssertionConfig } from '../config/schema.ts';
-import type { RequestContext } from '../pipeline/context.ts';
+import type { DeviceContext, RequestContext } from '../pipeline/context.ts';
 
 export interface SigningKey {
   readonly kid: string;
@@ -56,28 +56,33 @@ export async function loadSigningKey(file: string): Promise<SigningKey> {
   return toSigningKey(jwk);
 }
 
+/** The device as upstreams see it; no claim at all for an unbound token (absence means "unbound"). */
+function deviceClaim(device: DeviceContext | undefined): Record<string, unknown> | undefined {
+  if (device === undefined || device.binding === 'none') return undefined;
+  const posture = device.posture;
+  return {
+    id: device.id,
+    bind: device.binding,
+    enrolled: device.enrolled,
+    owner_match: device.ownerMatches,
+    stale: device.stale,
+    posture: posture && {
+      managed: posture.managed,
+      disk_encrypted: posture.diskEncrypted,
+      os: posture.os,
+      os_version: posture.osVersion,
+      trust: posture.trustLevel,
+    },
+  };
+}
+
 function claimsOf(ctx: RequestContext, configVersion: string): Record<string, unknown> {
   const identity = ctx.identity;
-  const device = ctx.device;
-  const posture = device?.posture;
   return {
     sub: identity?.subject,
     groups: identity?.groups,
     idp: identity?.issuer,
-    dev: device && {
-      id: device.id,
-      bind: device.binding,
-      enrolled: device.enrolled,
-      owner_match: device.ownerMatches,
-      stale: device.stale,
-      posture: posture && {
-        managed: posture.managed,
-        disk_encrypted: posture.diskEncrypted,
-        os: posture.os,
-        os_version: posture.osVersion,
-        trust: posture.trustLevel,
-      },
-    },
+    dev: deviceClaim(ctx.device),
     cfg: configVersion,
   };
 }

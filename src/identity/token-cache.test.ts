@@ -40,4 +40,21 @@ describe('verified-token cache', () => {
     cache.set('tok', identity(t0 / 1000 + 60), t0);
     expect(cache.get('tok', t0)).toBeUndefined();
   });
+
+  it('answers a keep-alive connection’s repeat token from its memo, with the same expiry', () => {
+    const cache = createTokenCache({ maxEntries: 10, maxTtlS: 3600 });
+    const socket = {};
+    cache.set('tok', identity(t0 / 1000 + 60), t0, socket);
+    expect(cache.get('tok', t0 + 1_000, socket)?.subject).toBe('alice');
+    expect(cache.get('other', t0 + 1_000, socket)).toBeUndefined();
+    expect(cache.get('tok', t0 + 60_000, socket)).toBeUndefined();
+  });
+
+  it('does not answer another connection from a connection memo when the shared cache is empty', () => {
+    const cache = createTokenCache({ maxEntries: 1, maxTtlS: 3600 });
+    const a = {};
+    cache.set('tok', identity(t0 / 1000 + 60), t0, a);
+    cache.set('evicts-tok', identity(t0 / 1000 + 60), t0);
+    expect(cache.get('tok', t0, {})).toBeUndefined();
+  });
 });

@@ -92,7 +92,7 @@ export function createAuthnStage(deps: AuthnDeps): Stage {
     ctx.accessToken = token;
     ctx.tokenScheme = presented.scheme;
 
-    const cached = cache.get(token, now());
+    const cached = cache.get(token, now(), ctx.connection);
     if (cached !== undefined) {
       if (!route.issuers.includes(cached.issuerName)) throw new InvalidTokenError(`issuer ${cached.issuerName} not accepted on route`);
       ctx.identity = cached;
@@ -111,7 +111,7 @@ export function createAuthnStage(deps: AuthnDeps): Stage {
     const issuer = iss === undefined ? undefined : issuers.get(iss);
     if (issuer === undefined || !allowed.includes(issuer.name)) throw new InvalidTokenError(`issuer not accepted: ${String(iss)}`);
     const identity = await verify(token, issuer, now());
-    cache.set(token, identity, now());
+    cache.set(token, identity, now(), ctx.connection);
     ctx.identity = identity;
   }
 }

@@ -63,6 +63,8 @@ export interface RequestContext {
   readonly headers: IncomingHttpHeaders;
   /** Header lines as received, name/value alternating: the only place a repeated Host shows. */
   readonly rawHeaders: readonly string[];
+  /** The client connection, as an identity for per-connection memos (never read from). */
+  readonly connection: object;
   /** Address of the TCP peer (maybe a proxy). */
   readonly peerIp: string;
   /** True when the data plane terminated TLS for this connection. */
@@ -140,6 +142,7 @@ export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean)
     rawUrl: raw.url ?? '',
     headers: raw.headers,
     rawHeaders: raw.rawHeaders,
+    connection: raw.socket,
     peerIp: raw.socket.remoteAddress ?? '',
     tls: 'encrypted' in raw.socket && raw.socket.encrypted === true,
     isUpgrade,

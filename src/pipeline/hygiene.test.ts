@@ -87,6 +87,7 @@ function makeCtx(over: { rawUrl?: string; headers?: IncomingHttpHeaders; rawHead
   const headers = over.headers ?? { host: 'api.example.com' };
   return {
     id: 'req-1',
+    connection: {},
     method: 'GET',
     rawUrl: over.rawUrl ?? '/echo/x?a=1',
     headers,
