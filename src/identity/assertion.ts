@@ -10,7 +10,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { LRUCache } from 'lru-cache';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK, type CryptoKey } from 'jose';
 import type { AssertionConfig } from '../config/schema.ts';
 import type { DeviceContext, RequestContext } from '../pipeline/context.ts';
@@ -87,22 +86,21 @@ function claimsOf(ctx: RequestContext, configVersion: string): Record<string, un
   };
 }
 
+/**
+ * What a reusable assertion depends on besides the identity (the cache is per identity
+ * object): the route and, for a bound device, everything the device claim says.
+ */
 function reuseKey(ctx: RequestContext): string {
-  const identity = ctx.identity;
+  const route = ctx.route!.name;
   const device = ctx.device;
-  // Everything the claims depend on; posture by reference is not enough (records are re-read).
-  return [
-    ctx.route!.name,
-    identity?.issuer,
-    identity?.subject,
-    identity?.groups.join(','),
-    device?.id,
-    device?.binding,
-    device?.enrolled,
-    device?.ownerMatches,
-    device?.stale,
-    device?.posture && JSON.stringify(device.posture),
-  ].join('\u0000');
+  if (device === undefined || device.binding === 'none') return route;
+  return `${route}\u0000${device.id}\u0000${device.binding}\u0000${device.enrolled}\u0000${device.ownerMatches}\u0000${device.stale}\u0000${JSON.stringify(device.posture)}`;
+}
+
+interface Reusable {
+  jwt: Promise<string>;
+  value: string | undefined;
+  reuseUntilMs: number;
 }
 
 export function createAssertionSigner(
@@ -114,7 +112,9 @@ export function createAssertionSigner(
   if (active === undefined) throw new Error('assertion: no signing key');
   const lifetimeS = config.lifetimeS;
   const reuseMs = Math.min(config.reuseS, lifetimeS - 5) * 1000;
-  const cache = new LRUCache<string, { jwt: Promise<string>; value?: string; reuseUntilMs: number }>({ max: 10_000 });
+  // Keyed first by the identity object (the verified-token cache hands out the same one for
+  // the same token), so a repeat request costs a WeakMap and a Map lookup, no string building.
+  const byIdentity = new WeakMap<object, Map<string, Reusable>>();
 
   const sign = (ctx: RequestContext, nowMs: number, withRequestId: boolean): Promise<string> => {
     const iat = Math.floor(nowMs / 1000);
@@ -133,16 +133,24 @@ export function createAssertionSigner(
     jwks: Object.freeze({ keys: Object.freeze(keys.map((k) => k.publicJwk)) }),
     assertionFor(ctx: RequestContext, nowMs: number) {
       if (reuseMs <= 0) return sign(ctx, nowMs, true);
+      const identity = ctx.identity!;
+      let entries = byIdentity.get(identity);
+      if (entries === undefined) {
+        entries = new Map();
+        byIdentity.set(identity, entries);
+      }
       const key = reuseKey(ctx);
-      const hit = cache.get(key);
+      const hit = entries.get(key);
       if (hit !== undefined && nowMs < hit.reuseUntilMs) return hit.value ?? hit.jwt;
       // Concurrent misses for the same key share one signature.
-      const entry: { jwt: Promise<string>; value?: string; reuseUntilMs: number } = { jwt: sign(ctx, nowMs, false), reuseUntilMs: nowMs + reuseMs };
+      const entry: Reusable = { jwt: sign(ctx, nowMs, false), value: undefined, reuseUntilMs: nowMs + reuseMs };
       entry.jwt.then(
         (jwt) => (entry.value = jwt),
-        () => cache.delete(key),
+        () => entries.delete(key),
       );
-      cache.set(key, entry);
+      // Bounded: an identity lives as long as its cached token; per identity, one entry per
+      // route and device (stale ones are replaced in place).
+      entries.set(key, entry);
       return entry.jwt;
     },
   });
