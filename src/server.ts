@@ -14,7 +14,7 @@ import { newContext, requestIdFor, type RequestContext } from './pipeline/contex
 import { BadPathError, BadRequestError, PayloadTooLargeError, RouteNotFoundError, ShuttingDownError, ZtError } from './pipeline/errors.ts';
 import { runPipeline } from './pipeline/run.ts';
 import { toProblem } from './observability/problem.ts';
-import { memoizeLabels, type GatewayMetrics } from './observability/metrics.ts';
+import type { GatewayMetrics } from './observability/metrics.ts';
 import { forward } from './upstream/proxy.ts';
 import { attachWebSocketProxy } from './upstream/websocket.ts';
 
@@ -113,17 +113,10 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     done(null, payload.pipe(new BodyLimit(holder.current.config.server.limits.maxBodyBytes)));
   });
 
-  const upstreamTimer = memoizeLabels((route) => metrics.upstreamDuration.labels({ route }));
-  const requestTimer = memoizeLabels((route) => metrics.requestDuration.labels({ route }));
-  const requestCounter = memoizeLabels((key) => {
-    const [route, status, decision] = key.split(' ');
-    return metrics.requests.labels({ route, status, decision });
-  });
-
   const hooks = {
     onUpstreamResponse(ctx: RequestContext) {
       const state = stateOf(ctx);
-      if (state) upstreamTimer(ctx.route!.name).observe((performance.now() - state.upstreamStartedAt) / 1000);
+      if (state) metrics.upstreamDuration.series(ctx.route!.name).observe((performance.now() - state.upstreamStartedAt) / 1000);
     },
     onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply) {
       // A body that overran the limit mid-stream surfaces as an upstream failure; say what it was.
@@ -198,8 +191,8 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     const status = reply.statusCode;
     const error = state?.error;
     const decision = error === undefined ? (status >= 500 && !ctx?.route ? 'error' : 'allow') : status === 401 || status === 403 ? 'deny' : 'error';
-    requestCounter(`${route} ${status} ${decision}`).inc();
-    requestTimer(route).observe(reply.elapsedTime / 1000);
+    metrics.requests.inc(route, status, decision);
+    metrics.requestDuration.series(route).observe(reply.elapsedTime / 1000);
     if (error !== undefined && status === 401) metrics.authFailures.inc({ reason: error.code });
     opts.accessLogger.info(
       {

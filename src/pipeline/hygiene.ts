@@ -214,6 +214,16 @@ function hostLines(rawHeaders: readonly string[]): number {
 
 export function createHygieneStage(opts: HygieneOptions): Stage {
   const { trust, maxBodyBytes } = opts;
+  // Clients send the same Host request after request: remember the last one parsed.
+  let lastHost: string | undefined;
+  let lastParsed: { host: string; withPort: string } | undefined;
+  const parseHostCached = (value: string | undefined) => {
+    if (value !== lastHost || lastParsed === undefined) {
+      lastParsed = parseHost(value); // throws on a bad one, which is then not remembered
+      lastHost = value;
+    }
+    return lastParsed;
+  };
   return (ctx: RequestContext): void => {
     const { headers, peerIp } = ctx;
     checkFraming(headers, maxBodyBytes);
@@ -250,7 +260,7 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     // X-Forwarded-Host takes the first value, the host the client addressed at the outermost
     // proxy (as Express does).
     const xfh = peerTrusted ? header(headers, 'x-forwarded-host') : undefined;
-    const { host, withPort } = parseHost(xfh !== undefined ? firstValue(xfh) : headers.host);
+    const { host, withPort } = parseHostCached(xfh !== undefined ? firstValue(xfh) : headers.host);
     ctx.host = host;
     ctx.forwardedHost = withPort;
   };
