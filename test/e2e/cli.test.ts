@@ -125,6 +125,22 @@ describe('ztgw serve', () => {
   });
 });
 
+describe('ztgw device', () => {
+  it('enrolls, lists and revokes devices in the registry the config names', () => {
+    const file = join(dir, 'devices-cli.yaml');
+    writeFileSync(file, goodConfig(8080, 9090, 'devices:\n  registry: { file: cli-devices.yaml }\n'));
+    const id = 'A'.repeat(43);
+    const enroll = ztgw(['device', 'enroll', '--config', file, '--id', id, '--owner', 'alice', '--managed', '--trust', 'high']);
+    expect(enroll.stderr).toBe('');
+    expect(enroll.status).toBe(0);
+    const listed = JSON.parse(ztgw(['device', 'list', '--json', '--config', file]).stdout);
+    expect(listed).toEqual([expect.objectContaining({ id, owner: 'alice', posture: expect.objectContaining({ managed: true, trustLevel: 'high' }) })]);
+    expect(ztgw(['device', 'revoke', '--config', file, '--id', id]).status).toBe(0);
+    expect(JSON.parse(ztgw(['device', 'list', '--json', '--config', file]).stdout)[0].revokedAt).toBeDefined();
+    expect(ztgw(['device', 'enroll', '--config', file, '--id', 'short', '--owner', 'alice']).status).toBe(2);
+  }, 30_000); // five CLI processes, ~1 s each to start
+});
+
 describe('the demo (npm start) and dev tokens (npm run token)', () => {
   it('serves /echo/ with a dev token and refuses it without one', async () => {
     const env = { ZTGW_PORT: String(await freePort()), ZTGW_ADMIN_PORT: String(await freePort()), ZTGW_ECHO_PORT: String(await freePort()) };

@@ -29,6 +29,7 @@ function gatewayConfig(extraServer: Record<string, unknown> = {}, deadPort = 9) 
       { name: 'slow', pathPrefix: '/slow/', upstream: echo.url, timeoutMs: 300 },
       { name: 'dead', pathPrefix: '/dead/', upstream: `http://127.0.0.1:${deadPort}` },
       { name: 'nows', pathPrefix: '/nows/', upstream: echo.url },
+      { name: 'passthrough', pathPrefix: '/passthrough/', upstream: echo.url, forwardAuthorization: true },
     ],
   };
 }
@@ -100,6 +101,19 @@ describe('routing and forwarding', () => {
     const json = '{"a": 1,   "b": [true]}';
     const res = await rawRequest(gw.url, '/echo/j', { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: json });
     expect(res.json().body).toBe(json); // byte for byte: never parsed and re-serialised
+  });
+});
+
+describe('credentials', () => {
+  it('does not forward the client’s Authorization: upstreams get the signed assertion', async () => {
+    const seen = (await rawRequest(gw.url, '/echo/x', { headers: auth })).json().headers;
+    expect(seen.authorization).toBeUndefined();
+    expect(seen['x-zt-assertion']).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+  });
+
+  it('forwards it on a route that opts in', async () => {
+    const seen = (await rawRequest(gw.url, '/passthrough/x', { headers: auth })).json().headers;
+    expect(seen.authorization).toBe(auth.authorization);
   });
 });
 
