@@ -179,6 +179,14 @@ interface AutocannonOptions {
   headers: Record<string, string>;
   timeout: number;
   title?: string;
+  /** Each connection cycles through these; `setupRequest` may rewrite a request before it is serialised. */
+  requests?: { setupRequest?: (req: AutocannonRequest, context: object) => AutocannonRequest }[];
+}
+/** What setupRequest gets: the request being built, `headers` already a copy per request. */
+interface AutocannonRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string>;
 }
 interface Histogram {
   average: number;
@@ -209,6 +217,23 @@ export interface LoadOptions {
   readonly pipelining: number;
   readonly durationS: number;
   readonly title?: string;
+  /**
+   * Headers that must differ from one request to the next (a DPoP proof), merged over
+   * `headers`. Called once per request sent, in the load generator's hot loop: it should
+   * hand out something prepared, not compute it.
+   */
+  readonly perRequestHeaders?: () => Record<string, string>;
+}
+
+/** Headers prepared ahead of a run, one set per request (see RunningTarget.headerPool). */
+export interface HeaderPool {
+  /** The next request's headers; past the end, the last set again (which a server may refuse). */
+  next(): Record<string, string>;
+  readonly size: number;
+  /** Sets handed out, overrun included. */
+  readonly used: number;
+  /** Requests that found the pool empty. */
+  readonly overrun: number;
 }
 
 export interface LoadResult {
@@ -230,6 +255,7 @@ export interface LoadResult {
  */
 export function runLoad(opts: LoadOptions): Promise<LoadResult> {
   const watchdogMs = (opts.durationS + 15) * 1000;
+  const perRequest = opts.perRequestHeaders;
   return new Promise((resolve, reject) => {
     let watchdog: NodeJS.Timeout | undefined;
     const instance = autocannon(
@@ -241,6 +267,11 @@ export function runLoad(opts: LoadOptions): Promise<LoadResult> {
         headers: opts.headers,
         timeout: 5,
         title: opts.title,
+        // autocannon serialises a request once and resends the bytes, unless it has a
+        // setupRequest: then it rebuilds them for every request.
+        ...(perRequest !== undefined && {
+          requests: [{ setupRequest: (req) => (Object.assign(req.headers, perRequest()), req) }],
+        }),
       },
       (err, result) => {
         clearTimeout(watchdog);

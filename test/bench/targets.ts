@@ -1,17 +1,26 @@
 // What the benchmark loads. A target is a name and a start() that yields a URL, a
-// request-headers factory and a stop(). New targets (a DPoP route, a policy route) are
-// one more factory here plus one line in run.ts; the runner does not change.
-import { writeFile } from 'node:fs/promises';
+// request-headers factory and a stop(), and, when every request needs headers of its own
+// (DPoP proofs), a pool of them. New targets (a policy route, …) are one more factory
+// here plus one line in run.ts; the runner does not change.
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import type { Issuer } from '../../src/dev/issuer.ts';
-import { freePort, waitFor200, type ChildSet } from './lib.ts';
+import { createDpopClient, ProofPool } from './dpop-client.ts';
+import { freePort, waitFor200, type ChildSet, type HeaderPool } from './lib.ts';
 
 export interface RunningTarget {
   /** Full URL autocannon requests, path included. */
   readonly url: string;
-  /** Called once before every load run (autocannon sends the same headers for the whole run). */
+  /** Called once before every load run: the headers every request of the run carries. */
   headers(): Record<string, string> | Promise<Record<string, string>>;
+  /**
+   * For a target whose every request needs a header of its own (a DPoP proof, single
+   * use): called before every load run (and the preflight) with how many requests to
+   * prepare for and how long the run lasts. One pool per run; its headers are merged
+   * over headers().
+   */
+  headerPool?(count: number, durationS: number): Promise<HeaderPool>;
   stop(): Promise<void>;
 }
 
@@ -30,6 +39,8 @@ export interface BenchFixture {
   readonly audience: string;
   /** One token for the whole run: every gateway request takes the cached-token path. */
   readonly token: string;
+  /** The token's `sub`, and so the owner a device must be enrolled to. */
+  readonly subject: string;
   /** Temporary, outside the repo; removed by the runner. */
   readonly tmpDir: string;
 }
@@ -77,54 +88,132 @@ export function gatewayJwt(fx: BenchFixture): Target {
   return {
     name: 'zt-gateway jwt',
     async start() {
-      const jwksFile = join(fx.tmpDir, 'jwks.json');
-      await writeFile(jwksFile, JSON.stringify(fx.issuer.publicJwks()));
-      // `ztgw serve` cannot report a port it was given as 0, so pick them here. Another
-      // process may grab one in between; that shows as "address in use", and we retry.
-      for (let attempt = 1; ; attempt++) {
-        const port = await freePort();
-        const adminPort = await freePort();
-        const configFile = join(fx.tmpDir, 'gateway.yaml');
-        const config = {
-          server: {
-            listen: { host: '127.0.0.1', port },
-            admin: { host: '127.0.0.1', port: adminPort },
-            // `info`, not `warn`: the per-request access line is part of what the
-            // gateway costs. Its stdout goes to /dev/null, not through us.
-            logLevel: 'info',
-          },
-          identity: {
-            issuers: [
-              {
-                name: 'bench',
-                issuer: fx.issuer.issuer,
-                audiences: [fx.audience],
-                algorithms: [fx.issuer.alg],
-                jwksFile: 'jwks.json',
-              },
-            ],
-          },
-          routes: [{ name: 'echo', pathPrefix: '/echo/', upstream: fx.echoUrl }],
-        };
-        await writeFile(configFile, stringify(config));
-        const child = await fx.children.spawn({
-          name: 'zt-gateway',
-          args: [join(REPO_ROOT, 'src/cli/ztgw.ts'), 'serve', '--config', configFile],
-          ready: 'none',
-        });
-        try {
-          await waitFor200(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 });
-        } catch (err) {
-          await fx.children.stop(child.pid);
-          if (attempt < 3 && /EADDRINUSE/.test(child.stderrTail())) continue;
-          throw err;
-        }
-        return {
-          url: `http://127.0.0.1:${port}${BENCH_PATH}`,
-          headers: bearer(fx),
-          stop: () => fx.children.stop(child.pid),
-        };
-      }
+      const gateway = await startGateway(fx, { dir: 'jwt' });
+      return { url: gateway.url, headers: bearer(fx), stop: gateway.stop };
     },
   };
+}
+
+/** How old a DPoP proof may be; the gateway is configured with it and pools are checked against it. */
+const DPOP_MAX_AGE_S = 60;
+
+/**
+ * (4) zt-gateway, the full device-trust path: the same route requiring a DPoP-bound token
+ * and an enrolled device. Per request: the cached JWT, a DPoP proof verified (signature,
+ * htm/htu/iat/ath, jti replay check), the device's posture looked up, and the identity
+ * assertion (its signature cached across requests).
+ */
+export function gatewayDpop(fx: BenchFixture): Target {
+  return {
+    name: 'zt-gateway dpop',
+    async start() {
+      const client = createDpopClient();
+      // Its own token: bound to the device key, so only this target's requests need proofs.
+      const token = await fx.issuer.sign({ groups: ['eng'], cnf: { jkt: client.jkt } }, { sub: fx.subject, aud: fx.audience, expiresIn: '1h' });
+      const now = new Date().toISOString();
+      const devices = {
+        devices: [
+          {
+            id: client.jkt,
+            owner: fx.subject,
+            label: 'bench device',
+            enrolledAt: now,
+            posture: { managed: true, diskEncrypted: true, os: 'linux', osVersion: '6.8', lastCheckIn: now, trustLevel: 'high' },
+          },
+        ],
+      };
+      const gateway = await startGateway(fx, {
+        dir: 'dpop',
+        route: { device: { binding: 'required', requireEnrolled: true } },
+        config: {
+          identity: { dpop: { algorithms: ['ES256'], maxAgeS: DPOP_MAX_AGE_S } },
+          devices: { registry: { file: 'devices.yaml' } },
+        },
+        files: { 'devices.yaml': stringify(devices) },
+      });
+      const proofRequest = { method: 'GET', htu: gateway.url, accessToken: token };
+      return {
+        url: gateway.url,
+        headers: () => ({ authorization: `DPoP ${token}` }),
+        async headerPool(count, durationS) {
+          const t0 = Date.now();
+          const pool = new ProofPool(await client.mint(count, proofRequest));
+          // The first proof is the oldest; it must still be fresh when the run ends.
+          const ageAtEndS = (Date.now() - t0) / 1000 + durationS;
+          if (ageAtEndS > DPOP_MAX_AGE_S - 5) {
+            throw new Error(`minting ${count} proofs took ${((Date.now() - t0) / 1000).toFixed(1)} s: the first would be stale (maxAgeS ${DPOP_MAX_AGE_S}) before a ${durationS} s run ends`);
+          }
+          return pool;
+        },
+        stop: gateway.stop,
+      };
+    },
+  };
+}
+
+interface GatewayVariant {
+  /** Subdirectory of the scratch directory for this gateway's config, JWKS and other files. */
+  readonly dir: string;
+  /** Merged into the one route, `/echo/` to the echo upstream. */
+  readonly route?: Record<string, unknown>;
+  /** Merged into the config, one level deep (`identity.dpop` next to `identity.issuers`). */
+  readonly config?: Record<string, Record<string, unknown>>;
+  /** More files next to the config: name → content. */
+  readonly files?: Record<string, string>;
+}
+
+/**
+ * Writes a gateway config for `variant` and starts `ztgw serve --config` on it, as
+ * production does. Every gateway target is one of these: they differ only in what the
+ * variant adds, so their numbers compare like for like.
+ */
+async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<{ url: string; stop(): Promise<void> }> {
+  // A directory each: a gateway reads (and may watch) files next to its config.
+  const dir = join(fx.tmpDir, variant.dir);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'jwks.json'), JSON.stringify(fx.issuer.publicJwks()));
+  for (const [name, content] of Object.entries(variant.files ?? {})) await writeFile(join(dir, name), content);
+  // `ztgw serve` cannot report a port it was given as 0, so pick them here. Another
+  // process may grab one in between; that shows as "address in use", and we retry.
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const adminPort = await freePort();
+    const configFile = join(dir, 'gateway.yaml');
+    const sections: Record<string, Record<string, unknown>> = {
+      server: {
+        listen: { host: '127.0.0.1', port },
+        admin: { host: '127.0.0.1', port: adminPort },
+        // `info`, not `warn`: the per-request access line is part of what the
+        // gateway costs. Its stdout goes to /dev/null, not through us.
+        logLevel: 'info',
+      },
+      identity: {
+        issuers: [
+          {
+            name: 'bench',
+            issuer: fx.issuer.issuer,
+            audiences: [fx.audience],
+            algorithms: [fx.issuer.alg],
+            jwksFile: 'jwks.json',
+          },
+        ],
+      },
+    };
+    for (const [name, values] of Object.entries(variant.config ?? {})) sections[name] = { ...sections[name], ...values };
+    const routes = [{ name: 'echo', pathPrefix: '/echo/', upstream: fx.echoUrl, ...variant.route }];
+    await writeFile(configFile, stringify({ ...sections, routes }));
+    const child = await fx.children.spawn({
+      name: `zt-gateway (${variant.dir})`,
+      args: [join(REPO_ROOT, 'src/cli/ztgw.ts'), 'serve', '--config', configFile],
+      ready: 'none',
+    });
+    try {
+      await waitFor200(`http://127.0.0.1:${adminPort}/readyz`, { child, timeoutMs: 20_000 });
+    } catch (err) {
+      await fx.children.stop(child.pid);
+      if (attempt < 3 && /EADDRINUSE/.test(child.stderrTail())) continue;
+      throw err;
+    }
+    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, stop: () => fx.children.stop(child.pid) };
+  }
 }
