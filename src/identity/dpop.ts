@@ -4,14 +4,16 @@
 // key is useless; a captured proof is useless on another URI, after its window, or twice.
 //
 // Pure apart from the injected replay cache and clock: no config reading, no response
-// writing. jose does the JWS work, but not through jwtVerify + EmbeddedJWK: that imports
-// the header's key on every call (WebCrypto importKey, ~150 µs here), and its typ option
-// accepts "application/dpop+jwt" and any case. Keys are imported once per thumbprint.
+// writing. Not jose's jwtVerify + EmbeddedJWK: that imports the header's key on every call
+// (WebCrypto importKey, ~150 µs here), its typ option accepts "application/dpop+jwt" and
+// any case, and its WebCrypto verify costs twice node:crypto's (see jws-signature.ts).
+// Keys are imported once per thumbprint.
 // Failures are DpopProofError with a stable `reason` (logs, metrics, tests) and a
 // `kind` that is the RFC 9449 error code the caller puts in WWW-Authenticate.
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import { compactVerify, decodeProtectedHeader, errors as joseErrors, importJWK, type CryptoKey, type JWK } from 'jose';
+import { decodeProtectedHeader, type JWK } from 'jose';
+import { importVerificationKey, verifyCompactSignature, type VerificationKey } from './jws-signature.ts';
 import { LRUCache } from 'lru-cache';
 import type { ReplayCache } from './replay-cache.ts';
 
@@ -253,17 +255,17 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
   const { maxAgeS, futureSkewS, replay } = opts;
   const now = opts.now ?? Date.now;
   const replayTtlMs = Math.ceil((maxAgeS + futureSkewS) * 1000) + REPLAY_TTL_MARGIN_MS;
-  // A device sends the same jwk on every request; importing it (WebCrypto importKey) each
-  // time is wasted work. Keyed by alg too: a CryptoKey is bound to one algorithm.
-  const keys = new LRUCache<string, CryptoKey>({ max: opts.keyCacheSize ?? 1024 });
+  // A device sends the same jwk on every request; importing it each time is wasted work.
+  // Keyed by alg too: a key is checked against one algorithm's requirements.
+  const keys = new LRUCache<string, VerificationKey>({ max: opts.keyCacheSize ?? 1024 });
   const nonces = opts.nonce === undefined ? undefined : createNonces(opts.nonce.secret, opts.nonce.windowS);
 
-  async function importKey(alg: string, jkt: string, members: JWK): Promise<CryptoKey> {
+  function importKey(alg: string, jkt: string, members: JWK): VerificationKey {
     const cacheKey = `${alg}.${jkt}`;
     let key = keys.get(cacheKey);
     if (key === undefined) {
       try {
-        key = (await importJWK(members, alg)) as CryptoKey;
+        key = importVerificationKey(members as Record<string, unknown>, alg);
       } catch (err) {
         throw new DpopProofError('jwk', { cause: err });
       }
@@ -310,19 +312,11 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     if (tp.jkt !== input.expectedJkt) throw new DpopProofError('jkt_mismatch');
 
     // Step 6.
-    const key = await importKey(alg, tp.jkt, tp.members);
-    let payloadBytes: Uint8Array;
-    try {
-      payloadBytes = (await compactVerify(proof, key, { algorithms: [alg] })).payload;
-    } catch (err) {
-      if (err instanceof joseErrors.JWSSignatureVerificationFailed) throw new DpopProofError('signature', { cause: err });
-      // jose reports an unusable key (RSA under 2048 bits, wrong curve) as a TypeError.
-      if (err instanceof TypeError) throw new DpopProofError('jwk', { cause: err });
-      throw new DpopProofError('malformed', { cause: err });
-    }
+    const key = importKey(alg, tp.jkt, tp.members);
+    if (!verifyCompactSignature(proof, key)) throw new DpopProofError('signature');
     let claims: unknown;
     try {
-      claims = JSON.parse(utf8.decode(payloadBytes));
+      claims = JSON.parse(utf8.decode(Buffer.from(proof.split('.')[1]!, 'base64url')));
     } catch (err) {
       throw new DpopProofError('malformed', { cause: err });
     }

@@ -1,8 +1,11 @@
-// `npm run bench`: throughput and latency of the gateway core against a bare Fastify
-// proxy and the upstream itself. Targets run interleaved (1,2,3,1,2,3,…) so drift on a
-// shared machine (thermal, other tenants) hits all of them alike; each target's median
-// round is reported. On a 2-core box autocannon competes with the servers for CPU, so
-// absolute req/s mean little and the ratio to the bare proxy is the number to watch.
+// `npm run bench`: throughput and latency of the gateway core (a JWT route) and of its
+// full device-trust path (DPoP-bound token, proof on every request, enrolled device)
+// against a bare Fastify proxy and the upstream itself. Targets run interleaved
+// (1,2,3,4,1,2,3,4,…) so drift on a shared machine (thermal, other tenants) hits all of
+// them alike; each target's median round is reported. On a 2-core box autocannon
+// competes with the servers for CPU, so absolute req/s mean little and the ratios to the
+// bare proxy are the numbers to watch. DPoP proofs are minted before each run, not
+// during it (see dpop-client.ts), and the verifier's in-process cost is measured apart.
 //
 //   npm run bench [-- --rounds 3 --duration 10 --warmup 5 --connections 50]
 //
@@ -14,11 +17,32 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createIssuer } from '../../src/dev/issuer.ts';
-import { ChildSet, formatTable, problemsOf, runLoad, summarize, type LoadResult } from './lib.ts';
-import { bareProxy, echoDirect, gatewayJwt, type BenchFixture, type RunningTarget, type Target } from './targets.ts';
+import { measureDpopVerify } from './dpop-client.ts';
+import { ChildSet, formatTable, problemsOf, runLoad, summarize, type HeaderPool, type LoadResult } from './lib.ts';
+import {
+  bareProxy,
+  DPOP_MAX_AGE_S,
+  echoDirect,
+  gatewayDpop,
+  gatewayJwt,
+  type BenchFixture,
+  type RunningTarget,
+  type Target,
+} from './targets.ts';
 
 const BASELINE = 'bare fastify proxy';
 const GATEWAY = 'zt-gateway jwt';
+const GATEWAY_DPOP = 'zt-gateway dpop';
+
+// Header pools (DPoP proofs) are sized from the target's fastest run so far: its rate ×
+// the run's duration × this margin (later rounds run faster than a cold warm-up; other
+// tenants come and go). Before any run of the target, FIRST_POOL. A pool that runs dry
+// makes the gateway refuse the replayed proofs, and the run fails.
+const POOL_MARGIN = 1.5;
+const FIRST_POOL = 25_000;
+// The verifier microbenchmark: sequential calls, after a warm-up that fills the key cache and JITs the path.
+const VERIFY_OPS = 2_000;
+const VERIFY_WARMUP = 500;
 
 const { values: flags } = parseArgs({
   options: {
@@ -68,9 +92,9 @@ for (const [sig, num] of [['SIGINT', 2], ['SIGTERM', 15]] as const) {
 const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
 
 async function main(): Promise<void> {
-  const targets: ((fx: BenchFixture) => Target)[] = [echoDirect, bareProxy, gatewayJwt];
-  // Start-up, warm-up, rounds, and stop-time slack; past this something is wedged.
-  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + 60) * 1000;
+  const targets: ((fx: BenchFixture) => Target)[] = [echoDirect, bareProxy, gatewayJwt, gatewayDpop];
+  // Start-up, warm-up, rounds, minting proofs, and stop-time slack; past this something is wedged.
+  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + 120) * 1000;
   const overall = setTimeout(() => {
     log(`\nBENCH FAILED: run exceeded its ${budgetMs / 1000} s budget`);
     void cleanup().finally(() => process.exit(1));
@@ -84,8 +108,9 @@ async function main(): Promise<void> {
   });
   const issuer = await createIssuer({ issuer: 'ztgw-bench', alg: 'ES256' });
   const audience = 'zt-gateway';
-  const token = await issuer.sign({ groups: ['eng'] }, { sub: 'bench', aud: audience, expiresIn: '1h' });
-  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), issuer, audience, token, tmpDir };
+  const subject = 'bench';
+  const token = await issuer.sign({ groups: ['eng'] }, { sub: subject, aud: audience, expiresIn: '1h' });
+  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), issuer, audience, token, subject, tmpDir };
 
   const started: { target: Target; running: RunningTarget }[] = [];
   for (const make of targets) {
@@ -101,7 +126,18 @@ async function main(): Promise<void> {
       `pipelining ${PIPELINING}, ${WARMUP_S} s warm-up + ${ROUNDS} × ${DURATION_S} s per target, interleaved`,
   );
 
+  // Per target, the highest responses/s seen so far: what its next header pool is sized on.
+  const fastest = new Map<string, number>();
   const load = async (name: string, running: RunningTarget, durationS: number, what: string): Promise<LoadResult> => {
+    let pool: HeaderPool | undefined;
+    let minted = '';
+    if (running.headerPool !== undefined) {
+      const rate = fastest.get(name);
+      const count = rate === undefined ? FIRST_POOL : Math.ceil(rate * durationS * POOL_MARGIN) + CONNECTIONS;
+      const t0 = performance.now();
+      pool = await running.headerPool(count, durationS);
+      minted = `  (${pool.size} proofs minted in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    }
     const result = await runLoad({
       url: running.url,
       headers: await running.headers(),
@@ -109,10 +145,19 @@ async function main(): Promise<void> {
       pipelining: PIPELINING,
       durationS,
       title: name,
+      perRequestHeaders: pool && (() => pool.next()),
     });
     const problems = problemsOf(result);
+    if (pool !== undefined && pool.overrun > 0) {
+      throw new BenchFailure(
+        `${name}, ${what}: its pool of ${pool.size} DPoP proofs ran out; ${pool.overrun} requests re-sent a used proof ` +
+          `(${problems ?? 'yet all answered 2xx: the gateway accepted replays!'})`,
+      );
+    }
     if (problems !== undefined) throw new BenchFailure(`${name}, ${what}: ${problems}`);
-    log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms`);
+    fastest.set(name, Math.max(fastest.get(name) ?? 0, result.responses / durationS));
+    if (pool !== undefined) minted += `, ${pool.used} used)`;
+    log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms${minted}`);
     // Let the last run's sockets close before the next target's run starts.
     await sleep(250);
     return result;
@@ -128,6 +173,9 @@ async function main(): Promise<void> {
   }
 
   for (const { running } of started.reverse()) await running.stop();
+
+  // With the servers gone, so nothing competes with it for CPU.
+  const verifyUs = await measureDpopVerify({ ops: VERIFY_OPS, warmup: VERIFY_WARMUP, accessToken: token, maxAgeS: DPOP_MAX_AGE_S });
   clearTimeout(overall);
 
   const summaries = new Map([...results].map(([name, rounds]) => [name, summarize(rounds)]));
@@ -141,16 +189,22 @@ async function main(): Promise<void> {
     s.rounds.map((r) => r.reqPerSec.toFixed(0)).join(' / '),
   ]);
   const responses = [...results.values()].flat().reduce((n, r) => n + r.responses, 0);
+  const jwtRps = summaries.get(GATEWAY)!.reqPerSec;
+  const dpopRps = summaries.get(GATEWAY_DPOP)!.reqPerSec;
   process.stdout.write(
     `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'req/s per round'], rows)}\n\n` +
       `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n` +
-      `gateway/bare ratio: ${(summaries.get(GATEWAY)!.reqPerSec / baseline).toFixed(2)} (target ≥ 0.85)\n`,
+      `dpop verify: ${verifyUs.toFixed(0)} µs/op (in process, ${VERIFY_OPS} sequential verify() calls, memory replay cache)\n` +
+      `dpop per request under load: ${(1e6 / dpopRps - 1e6 / jwtRps).toFixed(0)} µs (1e6/rps(dpop) − 1e6/rps(jwt))\n` +
+      `gateway/bare ratio: ${(jwtRps / baseline).toFixed(2)} (target ≥ 0.85)\n` +
+      `gateway dpop/bare ratio: ${(dpopRps / baseline).toFixed(2)} (target ≥ 0.50)\n`,
   );
 }
 
 /** One request before any load, so a misconfigured target fails in a second with its answer, not after a 10 s run of 401s. */
 async function preflight(name: string, running: RunningTarget): Promise<void> {
-  const res = await fetch(running.url, { headers: await running.headers(), signal: AbortSignal.timeout(5_000) });
+  const perRequest = (await running.headerPool?.(1, 1))?.next();
+  const res = await fetch(running.url, { headers: { ...(await running.headers()), ...perRequest }, signal: AbortSignal.timeout(5_000) });
   const body = await res.text();
   if (res.status < 200 || res.status > 299) {
     throw new BenchFailure(`${name}: preflight GET ${running.url} answered ${res.status}: ${body.slice(0, 500)}`);

@@ -95,7 +95,7 @@ export function gatewayJwt(fx: BenchFixture): Target {
 }
 
 /** How old a DPoP proof may be; the gateway is configured with it and pools are checked against it. */
-const DPOP_MAX_AGE_S = 60;
+export const DPOP_MAX_AGE_S = 60;
 
 /**
  * (4) zt-gateway, the full device-trust path: the same route requiring a DPoP-bound token
