@@ -90,11 +90,29 @@ function claimsOf(ctx: RequestContext, configVersion: string): Record<string, un
  * What a reusable assertion depends on besides the identity (the cache is per identity
  * object): the route and, for a bound device, everything the device claim says.
  */
-function reuseKey(ctx: RequestContext): string {
+function reuseKey(ctx: RequestContext, postureId: (posture: object | undefined) => number): string {
   const route = ctx.route!.name;
   const device = ctx.device;
   if (device === undefined || device.binding === 'none') return route;
-  return `${route}\u0000${device.id}\u0000${device.binding}\u0000${device.enrolled}\u0000${device.ownerMatches}\u0000${device.stale}\u0000${JSON.stringify(device.posture)}`;
+  return `${route}\u0000${device.id}\u0000${device.binding}\u0000${device.enrolled}\u0000${device.ownerMatches}\u0000${device.stale}\u0000${postureId(device.posture)}`;
+}
+
+/**
+ * Registry records are frozen and replaced, never edited, so a posture object's identity
+ * stands for its content: numbering them avoids serialising the posture on every request.
+ */
+function postureNumbering(): (posture: object | undefined) => number {
+  const ids = new WeakMap<object, number>();
+  let next = 1;
+  return (posture) => {
+    if (posture === undefined) return 0;
+    let id = ids.get(posture);
+    if (id === undefined) {
+      id = next++;
+      ids.set(posture, id);
+    }
+    return id;
+  };
 }
 
 interface Reusable {
@@ -115,6 +133,7 @@ export function createAssertionSigner(
   // Keyed first by the identity object (the verified-token cache hands out the same one for
   // the same token), so a repeat request costs a WeakMap and a Map lookup, no string building.
   const byIdentity = new WeakMap<object, Map<string, Reusable>>();
+  const postureId = postureNumbering();
 
   const sign = (ctx: RequestContext, nowMs: number, withRequestId: boolean): Promise<string> => {
     const iat = Math.floor(nowMs / 1000);
@@ -139,7 +158,7 @@ export function createAssertionSigner(
         entries = new Map();
         byIdentity.set(identity, entries);
       }
-      const key = reuseKey(ctx);
+      const key = reuseKey(ctx, postureId);
       const hit = entries.get(key);
       if (hit !== undefined && nowMs < hit.reuseUntilMs) return hit.value ?? hit.jwt;
       // Concurrent misses for the same key share one signature.

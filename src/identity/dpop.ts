@@ -274,19 +274,20 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     return key;
   }
 
-  async function verify(input: DpopVerifyInput): Promise<DpopVerified> {
-    const { proof } = input;
-    // §4.3 step 1 (more than one is singleDpopHeader's to catch).
-    if (proof === undefined) throw new DpopProofError('missing');
-    if (typeof proof !== 'string' || proof.length > MAX_PROOF_LENGTH || proof.split('.').length !== 3) {
-      throw new DpopProofError('malformed');
-    }
-
+  /**
+   * Steps 2, 4-7 on the protected header: which key, and is it acceptable. A device sends
+   * the same header (typ, alg, jwk) with every proof, so the outcome of these checks is
+   * remembered per header segment; only a header that passed them is remembered.
+   */
+  const headers = new LRUCache<string, { jkt: string; key: VerificationKey }>({ max: opts.keyCacheSize ?? 1024 });
+  function checkedHeader(segment: string): { jkt: string; key: VerificationKey } {
+    const known = headers.get(segment);
+    if (known !== undefined) return known;
     // Step 2: a well-formed JWT. The header is read unverified here, only to decide which
     // key to verify with; nothing from it is trusted until the signature checks.
     let header: Record<string, unknown>;
     try {
-      header = decodeProtectedHeader(proof) as Record<string, unknown>;
+      header = decodeProtectedHeader(`${segment}..`) as Record<string, unknown>;
     } catch (err) {
       throw new DpopProofError('malformed', { cause: err });
     }
@@ -307,13 +308,36 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('verify'))) throw new DpopProofError('jwk');
     const tp = thumbprint(jwk);
     if (tp === undefined) throw new DpopProofError('jwk');
+    // Step 6 needs the key imported for this algorithm.
+    const checked = { jkt: tp.jkt, key: importKey(alg, tp.jkt, tp.members) };
+    headers.set(segment, checked);
+    return checked;
+  }
+
+  // The same URIs come back request after request; URL parsing is the costly part.
+  const htus = new LRUCache<string, string | false>({ max: 1024 });
+  function normalizedHtu(value: string): string | undefined {
+    let normalized = htus.get(value);
+    if (normalized === undefined) {
+      normalized = normalizeHtu(value) ?? false;
+      htus.set(value, normalized);
+    }
+    return normalized === false ? undefined : normalized;
+  }
+
+  async function verify(input: DpopVerifyInput): Promise<DpopVerified> {
+    const { proof } = input;
+    // §4.3 step 1 (more than one is singleDpopHeader's to catch).
+    if (proof === undefined) throw new DpopProofError('missing');
+    if (typeof proof !== 'string' || proof.length > MAX_PROOF_LENGTH || proof.split('.').length !== 3) {
+      throw new DpopProofError('malformed');
+    }
+
+    const { jkt, key } = checkedHeader(proof.slice(0, proof.indexOf('.')));
     // Step 12 / §7.1: the proof's key must be the token's. Before the signature, so a
     // proof made with some other key costs no public-key operation.
-    if (tp.jkt !== input.expectedJkt) throw new DpopProofError('jkt_mismatch');
-
-    // Step 6.
-    const key = importKey(alg, tp.jkt, tp.members);
-    if (!verifyCompactSignature(proof, key)) throw new DpopProofError('signature');
+    if (jkt !== input.expectedJkt) throw new DpopProofError('jkt_mismatch');
+    if (!(await verifyCompactSignature(proof, key))) throw new DpopProofError('signature');
     let claims: unknown;
     try {
       claims = JSON.parse(utf8.decode(Buffer.from(proof.split('.')[1]!, 'base64url')));
@@ -325,8 +349,8 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     // Step 8. Methods are case-sensitive (RFC 9110 §9.1).
     if (claims.htm !== input.method) throw new DpopProofError('htm');
     // Step 9.
-    const expectedHtu = normalizeHtu(input.htu);
-    if (typeof claims.htu !== 'string' || expectedHtu === undefined || normalizeHtu(claims.htu) !== expectedHtu) {
+    const expectedHtu = normalizedHtu(input.htu);
+    if (typeof claims.htu !== 'string' || expectedHtu === undefined || normalizedHtu(claims.htu) !== expectedHtu) {
       throw new DpopProofError('htu');
     }
     // Step 11: the proof was made recently (and not far in the future).
@@ -353,12 +377,12 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     // uniqueness is only the client's promise for its own proofs.
     let first: boolean;
     try {
-      first = await replay.checkAndRemember(`${tp.jkt}:${jti}`, replayTtlMs);
+      first = await replay.checkAndRemember(`${jkt}:${jti}`, replayTtlMs);
     } catch (err) {
       throw new DpopReplayStoreError({ cause: err });
     }
     if (!first) throw new DpopProofError('jti_replay');
-    return { jkt: tp.jkt, jti };
+    return { jkt, jti };
   }
 
   return {
