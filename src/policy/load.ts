@@ -1,0 +1,222 @@
+// Policy files in, a compiled PolicySet out — or every problem, each with file:line:col.
+// All or nothing: a set with one bad file is never returned in part, because a missing
+// deny policy is an open door. The caller keeps serving its last good set (hot reload)
+// or refuses to start.
+//
+// Phases per file: YAML → JSON Schema (Ajv) → rules a schema cannot say (step_up needs
+// stepUp, obligations only on allow, known tiers and upstreams, unique rule names) → CEL
+// parse and type check. Then across files: unique policy names.
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { Ajv } from 'ajv';
+import type { ConfigIssue } from '../config/load.ts';
+import { compileCondition } from './cel.ts';
+import { PolicySchema, type PolicyDocument, type RuleDocument } from './schema.ts';
+import { compileScope, createIndex, type CompiledPolicy, type CompiledRule, type PolicySet } from './set.ts';
+import { parseYaml, schemaIssues, type ParsedYaml, type Path } from './yaml.ts';
+
+/** Names defined elsewhere (the gateway config) that obligations and appliesTo may refer to. */
+export interface KnownNames {
+  readonly tiers: ReadonlySet<string>;
+  readonly upstreams: ReadonlySet<string>;
+  /** When given, appliesTo.routes must name these: a misspelt route would make a deny policy silently apply nowhere. */
+  readonly routes?: ReadonlySet<string>;
+}
+
+export interface PolicyFile {
+  /** As shown in issues (a path); its base name is what the hash covers. */
+  readonly file: string;
+  readonly text: string;
+}
+
+export type PolicyLoadResult = { ok: true; set: PolicySet } | { ok: false; issues: ConfigIssue[] };
+
+// No type coercion and no ${VAR} interpolation, unlike the gateway config: what a policy
+// means must be visible in the file that is reviewed, not depend on an instance's env.
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true, verbose: true });
+const validate = ajv.compile<PolicyDocument>(PolicySchema);
+
+// Headers a policy must not set upstream: the gateway's own (the identity assertion
+// x-zt-*, the request id, forwarding headers), credentials, and framing/hop-by-hop
+// headers that could smuggle a second request.
+const RESERVED_HEADERS = new Set([
+  'host',
+  'content-length',
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'upgrade',
+  'te',
+  'trailer',
+  'forwarded',
+  'authorization',
+  'cookie',
+  'dpop',
+  'x-request-id',
+]);
+const RESERVED_PREFIXES = ['x-zt-', 'x-forwarded-', 'proxy-'];
+
+const isPolicyFile = (name: string) => /\.ya?ml$/.test(name) && !name.startsWith('.');
+
+/** Every `*.yaml` / `*.yml` directly in `dir` (not subdirectories such as tests/; not editors' dotfiles). */
+export function loadPolicyDir(dir: string, known: KnownNames): PolicyLoadResult {
+  const at = (message: string): PolicyLoadResult => ({ ok: false, issues: [{ file: dir, line: 1, col: 1, field: '', message }] });
+  let names: string[];
+  try {
+    names = readdirSync(dir, { withFileTypes: true })
+      .filter((d) => d.isFile() && isPolicyFile(d.name))
+      .map((d) => d.name);
+  } catch (err) {
+    return at(`cannot read directory (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  // An empty directory is a wrong mount or a half-synced checkout far more often than an
+  // intent to deny everything; make it loud rather than a silent default deny.
+  if (names.length === 0) return at('no policy files (*.yaml) in the directory');
+  const files: PolicyFile[] = [];
+  const issues: ConfigIssue[] = [];
+  for (const name of names) {
+    const file = join(dir, name);
+    try {
+      files.push({ file, text: readFileSync(file, 'utf8') });
+    } catch (err) {
+      issues.push({ file, line: 1, col: 1, field: '', message: `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})` });
+    }
+  }
+  return issues.length > 0 ? { ok: false, issues } : compilePolicyFiles(files, known);
+}
+
+/** The same, from texts: for tests, and for sources other than a directory. */
+export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames): PolicyLoadResult {
+  const sorted = [...files].sort((a, b) => compare(basename(a.file), basename(b.file)) || compare(a.file, b.file));
+  const issues: ConfigIssue[] = [];
+  const policies: CompiledPolicy[] = [];
+  const firstByName = new Map<string, string>();
+
+  for (const { file, text } of sorted) {
+    const parsed = parseYaml(text, file);
+    if ('issues' in parsed) {
+      issues.push(...parsed.issues);
+      continue;
+    }
+    if (!validate(parsed.data)) {
+      issues.push(...schemaIssues(validate.errors ?? [], parsed));
+      continue;
+    }
+    const doc = parsed.data;
+    const first = firstByName.get(doc.name);
+    if (first !== undefined) issues.push(parsed.issue(['name'], `duplicate policy name "${doc.name}" (first defined in ${first})`));
+    else firstByName.set(doc.name, file);
+
+    const result = compilePolicy(doc, file, parsed, known, policies.length);
+    if (Array.isArray(result)) issues.push(...result);
+    else policies.push(result);
+  }
+
+  if (issues.length > 0) return { ok: false, issues: sortIssues(issues) };
+  const frozen = Object.freeze(policies);
+  return {
+    ok: true,
+    set: Object.freeze({
+      hash: hashFiles(sorted),
+      files: Object.freeze(sorted.map((f) => f.file)),
+      policies: frozen,
+      candidates: createIndex(frozen),
+    }),
+  };
+}
+
+function compilePolicy(doc: PolicyDocument, file: string, parsed: ParsedYaml, known: KnownNames, order: number): CompiledPolicy | ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  for (const [i, route] of (doc.appliesTo?.routes ?? []).entries()) {
+    if (known.routes && !known.routes.has(route)) {
+      issues.push(parsed.issue(['appliesTo', 'routes', i], `unknown route "${route}" (routes: ${[...known.routes].join(', ')})`));
+    }
+  }
+  const ruleNames = new Map<string, number>();
+  const rules: CompiledRule[] = [];
+  doc.rules.forEach((rule, i) => {
+    const at: Path = ['rules', i];
+    const earlier = ruleNames.get(rule.name);
+    if (earlier !== undefined) issues.push(parsed.issue([...at, 'name'], `duplicate rule name "${rule.name}" (first used by rules[${earlier}])`));
+    else ruleNames.set(rule.name, i);
+
+    issues.push(...ruleIssues(rule, at, parsed, known));
+
+    const where = parsed.issue([...at, 'when'], '');
+    const compiled = compileCondition(rule.when);
+    if (!compiled.ok) {
+      for (const p of compiled.problems) {
+        issues.push({ ...where, message: `CEL ${p.kind} error at ${p.line}:${p.col} of the condition: ${p.message}` });
+      }
+      return;
+    }
+    rules.push(
+      Object.freeze({
+        name: rule.name,
+        effect: rule.effect,
+        condition: compiled.condition,
+        ...(rule.stepUp && { stepUp: Object.freeze(rule.stepUp) }),
+        ...(rule.obligations && { obligations: Object.freeze(rule.obligations) }),
+        line: where.line,
+        col: where.col,
+      }),
+    );
+  });
+  if (issues.length > 0) return issues;
+  return Object.freeze({
+    name: doc.name,
+    ...(doc.description !== undefined && { description: doc.description }),
+    file,
+    mode: doc.mode,
+    appliesTo: Object.freeze(compileScope(doc.appliesTo ?? {})),
+    rules: Object.freeze(rules),
+    order,
+  });
+}
+
+/** What a schema cannot say about one rule: which fields go with which effect, and names defined elsewhere. */
+function ruleIssues(rule: RuleDocument, at: Path, parsed: ParsedYaml, known: KnownNames): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  if (rule.effect === 'step_up' && rule.stepUp === undefined) {
+    out.push(parsed.issue([...at, 'effect'], 'a step_up rule needs stepUp.acrValues: what the client must re-authenticate with'));
+  }
+  if (rule.effect !== 'step_up' && rule.stepUp !== undefined) {
+    out.push(parsed.issue([...at, 'stepUp'], `stepUp only applies to step_up rules (this one is ${rule.effect})`, true));
+  }
+  const o = rule.obligations;
+  if (o !== undefined && rule.effect !== 'allow') {
+    // Only allow rules decide what happens to a request that goes through.
+    out.push(parsed.issue([...at, 'obligations'], `obligations only apply to allow rules (this one is ${rule.effect})`, true));
+  }
+  if (o?.rateLimitTier !== undefined && !known.tiers.has(o.rateLimitTier)) {
+    out.push(parsed.issue([...at, 'obligations', 'rateLimitTier'], `unknown rate-limit tier "${o.rateLimitTier}"${listing(known.tiers)}`));
+  }
+  if (o?.upstream !== undefined && !known.upstreams.has(o.upstream)) {
+    out.push(parsed.issue([...at, 'obligations', 'upstream'], `unknown upstream "${o.upstream}"${listing(known.upstreams)}`));
+  }
+  for (const name of Object.keys(o?.headers ?? {})) {
+    if (RESERVED_HEADERS.has(name) || RESERVED_PREFIXES.some((p) => name.startsWith(p))) {
+      out.push(parsed.issue([...at, 'obligations', 'headers', name], `"${name}" is set by the gateway or the client and cannot be an obligation`, true));
+    }
+  }
+  return out;
+}
+
+const listing = (names: ReadonlySet<string>) => (names.size > 0 ? ` (known: ${[...names].join(', ')})` : ' (none are defined)');
+
+const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+function sortIssues(issues: ConfigIssue[]): ConfigIssue[] {
+  return issues.sort((a, b) => compare(a.file, b.file) || a.line - b.line || a.col - b.col);
+}
+
+/** Names and contents in name order, length-prefixed so no two different sets hash alike. */
+function hashFiles(files: readonly PolicyFile[]): string {
+  const h = createHash('sha256');
+  for (const { file, text } of files) {
+    const name = basename(file);
+    h.update(`${Buffer.byteLength(name)}:${name}${Buffer.byteLength(text)}:`).update(text);
+  }
+  return h.digest('hex').slice(0, 12);
+}

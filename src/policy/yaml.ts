@@ -1,0 +1,125 @@
+// YAML with positions, and Ajv errors as positioned issues, for policy files.
+//
+// This follows src/config/load.ts, whose helpers for this (offsetOf, explain, formatPath,
+// sortIssues) are not exported. Only the small pieces policies need are here, in short
+// form; once config/load.ts exports those helpers this file should shrink to calls to them.
+import type { ErrorObject } from 'ajv';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import type { ConfigIssue } from '../config/load.ts';
+
+export type Path = (string | number)[];
+
+export interface ParsedYaml {
+  data: unknown;
+  /** The issue for a problem at `path` (at its key when `atKey`, for unknown fields). */
+  issue(path: Path, message: string, atKey?: boolean): ConfigIssue;
+}
+
+export function parseYaml(text: string, file: string): ParsedYaml | { issues: ConfigIssue[] } {
+  const lineCounter = new LineCounter();
+  // A duplicated key would let the later value silently win (a second `effect:`).
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const at = (offset: number, field: string, message: string): ConfigIssue => ({ file, ...lineCounter.linePos(offset), field, message });
+  // After a syntax error yaml calls everything unexpected: only the first is worth reading.
+  // Warnings count as errors: a policy that means something other than it says is worse
+  // than one that does not load.
+  const syntax = [...doc.errors.filter((e, i) => i === 0 || e.code === 'DUPLICATE_KEY'), ...doc.warnings];
+  if (syntax.length > 0) {
+    return {
+      issues: syntax.map((e) =>
+        at(e.pos[0], '', e.code === 'MULTIPLE_DOCS' ? 'one policy per file: move the document after "---" to a file of its own' : e.message),
+      ),
+    };
+  }
+  let data: unknown;
+  try {
+    data = doc.toJS();
+  } catch (err) {
+    // e.g. the alias-expansion limit that stops a "billion laughs" document.
+    return { issues: [at(0, '', err instanceof Error ? err.message : String(err))] };
+  }
+  return { data, issue: (path, message, atKey = false) => at(offsetOf(doc, path, atKey), formatPath(path), message) };
+}
+
+const start = (node: unknown): number | undefined => (node as Node | null)?.range?.[0];
+const keyName = (key: unknown) => String(isScalar(key) ? key.value : key);
+
+/** The offset of the node at `path`, or of its deepest ancestor present in the text. */
+function offsetOf(doc: Document, path: Path, atKey: boolean): number {
+  let node: unknown = doc.contents;
+  let offset = start(node) ?? 0;
+  for (const [i, segment] of path.entries()) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => keyName(p.key) === String(segment));
+      if (!pair) break;
+      const last = i === path.length - 1;
+      offset = (last && atKey ? start(pair.key) : start(pair.value)) ?? start(pair.key) ?? offset;
+      node = pair.value;
+    } else if (isSeq(node) && typeof segment === 'number' && node.items[segment] !== undefined) {
+      node = node.items[segment];
+      offset = start(node) ?? offset;
+    } else break;
+  }
+  return offset;
+}
+
+export function formatPath(path: Path): string {
+  let out = '';
+  for (const segment of path) {
+    if (typeof segment === 'number') out += `[${segment}]`;
+    else if (/^[A-Za-z_$][\w$]*$/.test(segment)) out += out ? `.${segment}` : segment;
+    else out += `[${JSON.stringify(segment)}]`;
+  }
+  return out;
+}
+
+/** Ajv's errors in the words a policy author needs, positioned. */
+export function schemaIssues(errors: readonly ErrorObject[], parsed: ParsedYaml): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const folded = new Set<ErrorObject>();
+  // A union of literals (effect, mode) is an anyOf: one error per branch plus the anyOf.
+  for (const union of errors.filter((e) => e.keyword === 'anyOf')) {
+    for (const e of errors) if (e === union || e.schemaPath.startsWith(`${union.schemaPath}/`)) folded.add(e);
+    const options = (union.schema as { const?: unknown }[]).map((o) => JSON.stringify(o.const));
+    issues.push(parsed.issue(toPath(union.instancePath, parsed.data), `must be one of: ${options.join(', ')}`));
+  }
+  for (const e of errors) {
+    if (folded.has(e)) continue;
+    const path = toPath(e.instancePath, parsed.data);
+    const p = e.params as Record<string, unknown>;
+    if (e.keyword === 'required') {
+      issues.push({ ...parsed.issue(path, 'required field is missing'), field: formatPath([...path, String(p.missingProperty)]) });
+    } else if (e.keyword === 'additionalProperties') {
+      const name = String(p.additionalProperty);
+      const parent = e.parentSchema as { properties?: object; patternProperties?: object };
+      const known = Object.keys(parent.properties ?? {});
+      const patterns = Object.keys(parent.patternProperties ?? {});
+      const message =
+        known.length > 0
+          ? `unknown field "${name}" (known: ${known.join(', ')})`
+          : `"${name}" is not a valid name here (must match ${patterns.join(' or ')})`;
+      issues.push(parsed.issue([...path, name], message, true));
+    } else if (e.keyword === 'const') {
+      issues.push(parsed.issue(path, `must be ${JSON.stringify(p.allowedValue)}`));
+    } else if (e.keyword === 'type') {
+      issues.push(parsed.issue(path, `expected ${String(p.type)}, got ${Array.isArray(e.data) ? 'array' : e.data === null ? 'null' : typeof e.data}`));
+    } else {
+      // Ajv's own wording is clear for the rest (pattern, minItems, uniqueItems…).
+      issues.push(parsed.issue(path, e.message ?? e.keyword));
+    }
+  }
+  return issues;
+}
+
+/** JSON Pointer → path, with array indices as numbers (found by walking the data). */
+function toPath(pointer: string, data: unknown): Path {
+  const path: Path = [];
+  let node = data;
+  for (const raw of pointer === '' ? [] : pointer.slice(1).split('/')) {
+    const segment = raw.replaceAll('~1', '/').replaceAll('~0', '~');
+    const step = Array.isArray(node) ? Number(segment) : segment;
+    path.push(step);
+    node = (node as Record<string | number, unknown> | undefined)?.[step];
+  }
+  return path;
+}
