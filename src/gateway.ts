@@ -49,10 +49,11 @@ function urlOf(address: AddressInfo | string | null, tls = false): string {
 /** Throws ConfigError (with file:line issues) or a compile error before anything listens. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const initial = loadSource(opts.source);
-  const { logger, access } = createLoggers(initial.config.server.logLevel, opts.logDestination);
+  const { logger, access, decisions } = createLoggers(initial.config.server.logLevel, opts.logDestination);
   const metrics = createMetrics();
   const services = await createServices(initial.config, initial.dir, logger, metrics);
-  const compile = (next: { config: Config; dir: string }) => compileRuntime(next.config, { configDir: next.dir, services, now: opts.now });
+  const compile = (next: { config: Config; dir: string }) =>
+    compileRuntime(next.config, { configDir: next.dir, services, decisionLog: decisions, metrics, now: opts.now });
   let holder: RuntimeHolder;
   try {
     holder = { current: await compile(initial) };
@@ -88,6 +89,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     logger,
     async reload() {
       try {
+        services.policies?.reload();
         holder.current = await compile(loadSource(opts.source));
         lastReloadError = undefined;
         metrics.configReloads.inc({ result: 'ok' });

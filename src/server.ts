@@ -75,7 +75,7 @@ class BodyLimit extends Transform {
 
 function sendProblem(reply: FastifyReply, requestId: string, err: unknown): FastifyReply {
   const problem = toProblem(err, requestId);
-  return reply.code(problem.status).headers(problem.headers).send(problem.body);
+  return reply.code(problem.status).headers(problem.headers).header('x-request-id', requestId).send(problem.body);
 }
 
 export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {

@@ -8,6 +8,7 @@ import { startGateway, type Gateway } from '../gateway.ts';
 import { startEchoServer } from '../dev/echo.ts';
 import { loadOrCreateDevIssuer } from '../dev/issuer.ts';
 import { DEVICE_USAGE, runDeviceCommand } from './device.ts';
+import { runPolicyCommand } from './policy.ts';
 import { openRegistry } from '../services.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
@@ -19,6 +20,8 @@ const USAGE = `usage: ztgw <command> [options]
   serve --config FILE      run the gateway (SIGTERM drains, SIGHUP reloads the config)
   validate --config FILE   check a config file; exit 0 if valid, 2 with file:line:col messages if not
   demo                     run the demo: echo upstream, dev issuer, gateway on 127.0.0.1:8080
+  policy validate|test|explain|replay [options]
+                           the security team's policy tooling (ztgw policy help)
   device enroll|list|revoke --config FILE [options]
                            manage the device registry the config names (ztgw device help)
   token --sub NAME [--groups a,b] [--aud AUD] [--ttl SECONDS]
@@ -142,6 +145,9 @@ async function main(argv: string[]): Promise<void> {
       return token(args);
     case 'device':
       return device(args);
+    case 'policy':
+      process.exitCode = await runPolicyCommand(args, process.stdout, process.stderr);
+      return;
     case undefined:
     case 'help':
     case '--help':

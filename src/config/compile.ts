@@ -17,6 +17,9 @@ import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '..
 import { createDpopVerifier } from '../identity/dpop.ts';
 import { compileForwardingPolicy, type ForwardingPolicy } from '../upstream/headers.ts';
 import type { Services } from '../services.ts';
+import type { Logger } from 'pino';
+import type { GatewayMetrics } from '../observability/metrics.ts';
+import { createAuthzStage } from '../pipeline/authz.ts';
 
 export interface Runtime {
   readonly config: Readonly<Config>;
@@ -40,7 +43,10 @@ export interface CompileDeps {
   /** Directory relative paths in the config resolve against. */
   readonly configDir: string;
   /** Process-lifetime resources (Redis, registry, replay cache) the stages use. */
-  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey'>;
+  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'policies'>;
+  /** Where decision lines go (unredacted: their fields are chosen, credentials excluded). */
+  readonly decisionLog: Logger;
+  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors'>;
   readonly now?: () => number;
 }
 
@@ -104,6 +110,20 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       staleAfterS: frozen.devices.staleAfterS,
       now,
     }),
+    authz:
+      deps.services.policies === undefined
+        ? undefined
+        : createAuthzStage({
+            policies: deps.services.policies,
+            upstreams: frozen.upstreams,
+            decisionLog: deps.decisionLog,
+            allowSampleRate: frozen.policies?.decisionLog.allowSampleRate ?? 0,
+            onDecision: (decision) => {
+              deps.metrics.policyDecisions.inc(decision.effect);
+              for (const e of decision.errors) deps.metrics.policyRuleErrors.inc(e.policy, e.rule);
+            },
+            now,
+          }),
     assertion: createAssertionStage(assertions, now),
   });
   return Object.freeze({

@@ -224,6 +224,28 @@ const Assertion = Type.Object(
   { ...Strict, default: {} },
 );
 
+const Policies = Type.Object(
+  {
+    dir: Type.String({ minLength: 1, description: 'Directory of policy files (*.yaml), relative to this file; watched and hot-reloaded.' }),
+    decisionLog: Type.Object(
+      {
+        allowSampleRate: Type.Number({
+          minimum: 0,
+          maximum: 1,
+          default: 0.01,
+          description: 'Share of allow decisions written to the decision log; denies and step-ups are always written.',
+        }),
+      },
+      { ...Strict, default: {} },
+    ),
+    reloadDebounceMs: Type.Integer({ minimum: 0, maximum: 10_000, default: 100, description: 'Wait this long after a change before recompiling.' }),
+  },
+  {
+    ...Strict,
+    description: 'Access policies (default deny). Without this section, authentication and device trust alone decide.',
+  },
+);
+
 export const ConfigSchema = Type.Object(
   {
     $schema: Type.Optional(Type.String()),
@@ -233,6 +255,11 @@ export const ConfigSchema = Type.Object(
     devices: Devices,
     redis: Type.Optional(Redis),
     assertion: Assertion,
+    policies: Type.Optional(Policies),
+    upstreams: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), Type.String({ format: 'uri', pattern: '^https?://' }), {
+      default: {},
+      description: 'Named upstreams policies may send a request to instead of the route\'s (obligations.upstream), e.g. a quarantine service.',
+    }),
   },
   { ...Strict, $id: 'https://zt-gateway.local/schema/config.json', title: 'zt-gateway configuration' },
 );
@@ -244,6 +271,7 @@ export type ServerConfig = Static<typeof Server>;
 export type DpopConfig = Static<typeof Dpop>;
 export type DevicesConfig = Static<typeof Devices>;
 export type AssertionConfig = Static<typeof Assertion>;
+export type PoliciesConfig = Static<typeof Policies>;
 
 /** The schema as plain JSON (TypeBox adds symbol keys that JSON drops). */
 export function jsonSchema(schema: TSchema = ConfigSchema): unknown {

@@ -83,6 +83,7 @@ function claimsOf(ctx: RequestContext, configVersion: string): Record<string, un
     idp: identity?.issuer,
     dev: deviceClaim(ctx.device),
     cfg: configVersion,
+    pol: ctx.policySet, // the policy set that allowed the request
   };
 }
 
@@ -91,7 +92,7 @@ function claimsOf(ctx: RequestContext, configVersion: string): Record<string, un
  * object): the route and, for a bound device, everything the device claim says.
  */
 function reuseKey(ctx: RequestContext, postureId: (posture: object | undefined) => number): string {
-  const route = ctx.route!.name;
+  const route = ctx.policySet === undefined ? ctx.route!.name : `${ctx.route!.name}\u0000${ctx.policySet}`;
   const device = ctx.device;
   if (device === undefined || device.binding === 'none') return route;
   return `${route}\u0000${device.id}\u0000${device.binding}\u0000${device.enrolled}\u0000${device.ownerMatches}\u0000${device.stale}\u0000${postureId(device.posture)}`;

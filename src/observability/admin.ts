@@ -10,7 +10,7 @@ import { cpuProfile, heapSnapshot, MAX_PROFILE_SECONDS } from './profile.ts';
 
 export interface AdminPlaneOptions {
   readonly holder: RuntimeHolder;
-  readonly services: Pick<Services, 'redis'>;
+  readonly services: Pick<Services, 'redis' | 'policies'>;
   readonly logger: Logger;
   readonly metrics: GatewayMetrics;
   readonly isDraining: () => boolean;
@@ -26,7 +26,7 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
   app.get('/health', alive);
 
   app.get('/readyz', async (_request, reply) => {
-    const readiness = await checkReadiness(opts.holder.current, opts.isDraining(), opts.services.redis);
+    const readiness = await checkReadiness(opts.holder.current, opts.isDraining(), opts.services.redis, opts.services.policies);
     const lastReloadError = opts.lastReloadError?.();
     return reply.code(readiness.ready ? 200 : 503).send({
       status: readiness.ready ? 'ready' : 'not ready',

@@ -19,6 +19,9 @@ export interface GatewayMetrics {
   readonly authFailures: Counter<'reason'>;
   readonly configReloads: Counter<'result'>;
   readonly dependencyErrors: Counter<'dependency'>;
+  readonly policyDecisions: LeanCounter<'effect'>;
+  readonly policyRuleErrors: LeanCounter<'policy' | 'rule'>;
+  readonly policyReloads: Counter<'result'>;
 }
 
 export function createMetrics(): GatewayMetrics {
@@ -64,6 +67,24 @@ export function createMetrics(): GatewayMetrics {
       name: 'ztgw_dependency_errors_total',
       help: 'Errors talking to a dependency (redis, device registry); requests needing it fail closed.',
       labelNames: ['dependency'],
+      registers,
+    }),
+    policyDecisions: new LeanCounter({
+      name: 'ztgw_policy_decisions_total',
+      help: 'Policy decisions, by effect (allow, deny, step_up).',
+      labelNames: ['effect'],
+      registers,
+    }),
+    policyRuleErrors: new LeanCounter({
+      name: 'ztgw_policy_rule_errors_total',
+      help: 'Conditions that failed at run time (never granting: not matched for allow, matched for deny/step_up).',
+      labelNames: ['policy', 'rule'],
+      registers,
+    }),
+    policyReloads: new Counter({
+      name: 'ztgw_policy_reloads_total',
+      help: 'Policy set reloads, by result (failed: the last good set stays active).',
+      labelNames: ['result'],
       registers,
     }),
     configReloads: new Counter({

@@ -16,6 +16,8 @@ import {
   DeviceRevokedError,
   DeviceNotTrustedError,
   DependencyUnavailableError,
+  AccessDeniedError,
+  StepUpRequiredError,
   MissingTokenError,
   PayloadTooLargeError,
   RouteNotFoundError,
@@ -120,6 +122,17 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     title: 'Cannot verify the request right now',
     detail: 'A service the gateway needs to check this request is unavailable. Try again shortly.',
     headers: { 'retry-after': '2' },
+  },
+  [AccessDeniedError.code]: {
+    slug: 'access-denied',
+    title: 'Access denied',
+    detail: 'Your access policy does not allow this request. Quote the request id if you think it should.',
+  },
+  [StepUpRequiredError.code]: {
+    slug: 'step-up-required',
+    title: 'Stronger authentication required',
+    detail: 'Sign in again with the authentication method named in the WWW-Authenticate header, then retry.',
+    // The challenge itself (acr_values, max_age) is per decision: the error carries it.
   },
   [UpstreamUnreachableError.code]: {
     slug: 'upstream-unreachable',

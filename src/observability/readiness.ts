@@ -2,6 +2,7 @@
 // configured dependency reachable. Each check names itself so an operator sees which failed.
 import type { Redis } from 'ioredis';
 import type { Runtime } from '../config/compile.ts';
+import type { PolicySource } from '../policy/source.ts';
 
 export interface CheckResult {
   readonly name: string;
@@ -39,12 +40,20 @@ async function checkRedis(redis: Redis): Promise<CheckResult> {
   }
 }
 
-export async function checkReadiness(runtime: Runtime | undefined, draining: boolean, redis?: Redis): Promise<Readiness> {
+/** Serving the last good set is ready; a failed reload is shown, not fatal. */
+function checkPolicies(policies: PolicySource): CheckResult {
+  const active = `set ${policies.current.set.hash}`;
+  const failed = policies.lastError;
+  return { name: 'policies', ok: true, detail: failed === undefined ? active : `${active}; last reload failed (kept the active set):\n${failed}` };
+}
+
+export async function checkReadiness(runtime: Runtime | undefined, draining: boolean, redis?: Redis, policies?: PolicySource): Promise<Readiness> {
   const checks: CheckResult[] = [
     { name: 'config', ok: runtime !== undefined, detail: runtime ? `version ${runtime.version}` : 'not loaded' },
     { name: 'draining', ok: !draining, detail: draining ? 'shutting down' : undefined },
   ];
   if (runtime !== undefined) checks.push(...(await checkIssuerKeys(runtime)));
   if (redis !== undefined) checks.push(await checkRedis(redis));
+  if (policies !== undefined) checks.push(checkPolicies(policies));
   return { ready: checks.every((c) => c.ok), checks };
 }

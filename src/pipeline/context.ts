@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { DevicePosture } from '../identity/devices/registry.ts';
+import type { Decision } from '../policy/evaluate.ts';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -108,7 +109,15 @@ export interface RequestContext {
   /** SHA-256 thumbprint (base64url) of the verified client certificate, when mTLS presented one. */
   clientCertThumbprint?: string;
 
+  // authz
+  /** The policy decision (absent on public routes and without a policies section). */
+  decision?: Decision;
+  /** Content hash of the policy set that decided. */
+  policySet?: string;
+
   // upstream
+  /** Origin to forward to when a policy obligation names another upstream; else the route's. */
+  upstreamOrigin?: string;
   /** The signed identity assertion for the upstream (absent on public routes). */
   assertion?: string;
 }

@@ -113,6 +113,20 @@ export class DependencyUnavailableError extends ZtError {
   readonly status = 503;
 }
 
+/** The policy set decided deny (or nothing allowed the request: default deny). */
+export class AccessDeniedError extends ZtError {
+  static override readonly code = 'ERR_ACCESS_DENIED';
+  readonly code = AccessDeniedError.code;
+  readonly status = 403;
+}
+
+/** A policy asks for stronger or fresher authentication (RFC 9470); the challenge says what. */
+export class StepUpRequiredError extends ZtError {
+  static override readonly code = 'ERR_STEP_UP_REQUIRED';
+  readonly code = StepUpRequiredError.code;
+  readonly status = 401;
+}
+
 export class UpstreamUnreachableError extends ZtError {
   static override readonly code = 'ERR_UPSTREAM_UNREACHABLE';
   readonly code = UpstreamUnreachableError.code;
@@ -155,6 +169,8 @@ export const ALL_ERRORS = [
   DeviceRevokedError,
   DeviceNotTrustedError,
   DependencyUnavailableError,
+  AccessDeniedError,
+  StepUpRequiredError,
   UpstreamUnreachableError,
   UpstreamTimeoutError,
   ShuttingDownError,

@@ -37,13 +37,13 @@ export function matchRoute(sorted: readonly CompiledRoute[], host: string, path:
   return undefined;
 }
 
-export function upstreamPathFor(route: CompiledRoute, path: string): string {
+export function upstreamPathFor(route: CompiledRoute, path: string, basePath = route.upstreamBasePath): string {
   let rest = path;
   if (route.stripPrefix && route.pathPrefix !== '/') {
     rest = path.slice(route.pathPrefix.length);
     if (rest === '') rest = '/';
   }
-  return route.upstreamBasePath + rest;
+  return basePath + rest;
 }
 
 // A linear scan over a handful of routes is cheaper than any index; revisit with hundreds.

@@ -7,12 +7,15 @@ export interface PipelineStages {
   route: Stage; //   2 host + longest path prefix → route
   authn: Stage; //   3 access token (Bearer or DPoP) → identity
   device: Stage; //  4 DPoP proof / mTLS certificate binding → device (+ posture from the registry)
-  // 5 risk, 6 authz, 7 limit plug in here as their issues land (shared/ARCHITECTURE.md).
+  // 5 risk plugs in here when the anomaly model lands (shared/ARCHITECTURE.md).
+  authz: Stage | undefined; // 6 policy set (CEL, deny-overrides) → decision + obligations; absent without policies
+  // 7 limit plugs in here with the rate-limit issue.
   assertion: Stage; // 8 signed identity assertion for the upstream (then the proxy forwards)
 }
 
 export function pipelineOf(stages: PipelineStages): readonly Stage[] {
-  return Object.freeze([stages.hygiene, stages.route, stages.authn, stages.device, stages.assertion]);
+  const ordered = [stages.hygiene, stages.route, stages.authn, stages.device, stages.authz, stages.assertion];
+  return Object.freeze(ordered.filter((s): s is Stage => s !== undefined));
 }
 
 /** Runs stages until one throws. Stays synchronous while stages are (the cached-token fast path). */

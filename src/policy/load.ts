@@ -30,7 +30,11 @@ export interface PolicyFile {
   readonly text: string;
 }
 
-export type PolicyLoadResult = { ok: true; set: PolicySet } | { ok: false; issues: ConfigIssue[] };
+/**
+ * `unchecked` is set only when no known names were given (`known` undefined, as for the CLI
+ * without --config): every reference to a route, tier or upstream that was not checked.
+ */
+export type PolicyLoadResult = { ok: true; set: PolicySet; unchecked?: readonly ConfigIssue[] } | { ok: false; issues: ConfigIssue[] };
 
 // No type coercion and no ${VAR} interpolation, unlike the gateway config: what a policy
 // means must be visible in the file that is reviewed, not depend on an instance's env.
@@ -59,8 +63,12 @@ const RESERVED_PREFIXES = ['x-zt-', 'x-forwarded-', 'proxy-'];
 
 const isPolicyFile = (name: string) => /\.ya?ml$/.test(name) && !name.startsWith('.');
 
-/** Every `*.yaml` / `*.yml` directly in `dir` (not subdirectories such as tests/; not editors' dotfiles). */
-export function loadPolicyDir(dir: string, known: KnownNames): PolicyLoadResult {
+/**
+ * Every `*.yaml` / `*.yml` directly in `dir` (not subdirectories such as tests/; not editors' dotfiles).
+ * `known` undefined: route, tier and upstream names are accepted unchecked and listed in
+ * the result's `unchecked` (tooling without a gateway config; the gateway always passes them).
+ */
+export function loadPolicyDir(dir: string, known: KnownNames | undefined): PolicyLoadResult {
   const at = (message: string): PolicyLoadResult => ({ ok: false, issues: [{ file: dir, line: 1, col: 1, field: '', message }] });
   let names: string[];
   try {
@@ -87,9 +95,10 @@ export function loadPolicyDir(dir: string, known: KnownNames): PolicyLoadResult 
 }
 
 /** The same, from texts: for tests, and for sources other than a directory. */
-export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames): PolicyLoadResult {
+export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames | undefined): PolicyLoadResult {
   const sorted = [...files].sort((a, b) => compare(basename(a.file), basename(b.file)) || compare(a.file, b.file));
   const issues: ConfigIssue[] = [];
+  const unchecked: ConfigIssue[] = [];
   const policies: CompiledPolicy[] = [];
   const firstByName = new Map<string, string>();
 
@@ -108,7 +117,7 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
     if (first !== undefined) issues.push(parsed.issue(['name'], `duplicate policy name "${doc.name}" (first defined in ${first})`));
     else firstByName.set(doc.name, file);
 
-    const result = compilePolicy(doc, file, parsed, known, policies.length);
+    const result = compilePolicy(doc, file, parsed, known, unchecked, policies.length);
     if (Array.isArray(result)) issues.push(...result);
     else policies.push(result);
   }
@@ -123,14 +132,24 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
       policies: frozen,
       candidates: createIndex(frozen),
     }),
+    ...(known === undefined && { unchecked: Object.freeze(sortIssues(unchecked)) }),
   };
 }
 
-function compilePolicy(doc: PolicyDocument, file: string, parsed: ParsedYaml, known: KnownNames, order: number): CompiledPolicy | ConfigIssue[] {
+function compilePolicy(
+  doc: PolicyDocument,
+  file: string,
+  parsed: ParsedYaml,
+  known: KnownNames | undefined,
+  unchecked: ConfigIssue[],
+  order: number,
+): CompiledPolicy | ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   for (const [i, route] of (doc.appliesTo?.routes ?? []).entries()) {
-    if (known.routes && !known.routes.has(route)) {
-      issues.push(parsed.issue(['appliesTo', 'routes', i], `unknown route "${route}" (routes: ${[...known.routes].join(', ')})`));
+    const at: Path = ['appliesTo', 'routes', i];
+    if (known === undefined) unchecked.push(parsed.issue(at, notChecked('route', route)));
+    else if (known.routes && !known.routes.has(route)) {
+      issues.push(parsed.issue(at, `unknown route "${route}" (routes: ${[...known.routes].join(', ')})`));
     }
   }
   const ruleNames = new Map<string, number>();
@@ -141,7 +160,7 @@ function compilePolicy(doc: PolicyDocument, file: string, parsed: ParsedYaml, kn
     if (earlier !== undefined) issues.push(parsed.issue([...at, 'name'], `duplicate rule name "${rule.name}" (first used by rules[${earlier}])`));
     else ruleNames.set(rule.name, i);
 
-    issues.push(...ruleIssues(rule, at, parsed, known));
+    issues.push(...ruleIssues(rule, at, parsed, known, unchecked));
 
     const where = parsed.issue([...at, 'when'], '');
     const compiled = compileCondition(rule.when);
@@ -176,7 +195,7 @@ function compilePolicy(doc: PolicyDocument, file: string, parsed: ParsedYaml, kn
 }
 
 /** What a schema cannot say about one rule: which fields go with which effect, and names defined elsewhere. */
-function ruleIssues(rule: RuleDocument, at: Path, parsed: ParsedYaml, known: KnownNames): ConfigIssue[] {
+function ruleIssues(rule: RuleDocument, at: Path, parsed: ParsedYaml, known: KnownNames | undefined, unchecked: ConfigIssue[]): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   if (rule.effect === 'step_up' && rule.stepUp === undefined) {
     out.push(parsed.issue([...at, 'effect'], 'a step_up rule needs stepUp.acrValues: what the client must re-authenticate with'));
@@ -189,11 +208,15 @@ function ruleIssues(rule: RuleDocument, at: Path, parsed: ParsedYaml, known: Kno
     // Only allow rules decide what happens to a request that goes through.
     out.push(parsed.issue([...at, 'obligations'], `obligations only apply to allow rules (this one is ${rule.effect})`, true));
   }
-  if (o?.rateLimitTier !== undefined && !known.tiers.has(o.rateLimitTier)) {
-    out.push(parsed.issue([...at, 'obligations', 'rateLimitTier'], `unknown rate-limit tier "${o.rateLimitTier}"${listing(known.tiers)}`));
+  if (o?.rateLimitTier !== undefined) {
+    const path: Path = [...at, 'obligations', 'rateLimitTier'];
+    if (known === undefined) unchecked.push(parsed.issue(path, notChecked('rate-limit tier', o.rateLimitTier)));
+    else if (!known.tiers.has(o.rateLimitTier)) out.push(parsed.issue(path, `unknown rate-limit tier "${o.rateLimitTier}"${listing(known.tiers)}`));
   }
-  if (o?.upstream !== undefined && !known.upstreams.has(o.upstream)) {
-    out.push(parsed.issue([...at, 'obligations', 'upstream'], `unknown upstream "${o.upstream}"${listing(known.upstreams)}`));
+  if (o?.upstream !== undefined) {
+    const path: Path = [...at, 'obligations', 'upstream'];
+    if (known === undefined) unchecked.push(parsed.issue(path, notChecked('upstream', o.upstream)));
+    else if (!known.upstreams.has(o.upstream)) out.push(parsed.issue(path, `unknown upstream "${o.upstream}"${listing(known.upstreams)}`));
   }
   for (const name of Object.keys(o?.headers ?? {})) {
     if (RESERVED_HEADERS.has(name) || RESERVED_PREFIXES.some((p) => name.startsWith(p))) {
@@ -202,6 +225,8 @@ function ruleIssues(rule: RuleDocument, at: Path, parsed: ParsedYaml, known: Kno
   }
   return out;
 }
+
+const notChecked = (kind: string, name: string) => `${kind} "${name}" was not checked against the gateway config`;
 
 const listing = (names: ReadonlySet<string>) => (names.size > 0 ? ` (known: ${[...names].join(', ')})` : ' (none are defined)');
 

@@ -81,6 +81,9 @@ export function upstreamRequestHeaders(ctx: RequestContext, upstreamHost: string
   }
   if (ctx.headers.te === 'trailers') out.te = 'trailers'; // the one TE value that may pass
   if (upstreamHost !== undefined) out.host = upstreamHost;
+  // Obligations of the deciding policy rules; the policy loader refuses reserved names.
+  const extra = ctx.decision?.obligations.headers;
+  if (extra !== undefined) for (const name in extra) out[name] = extra[name];
   if (ctx.assertion !== undefined) out[policy.assertionHeader] = ctx.assertion;
   out['x-forwarded-for'] = ctx.forwardedFor;
   out['x-forwarded-proto'] = ctx.forwardedProto;

@@ -20,7 +20,7 @@ export function translateUpstreamError(error: { statusCode?: number; code?: stri
 
 export function forward(reply: FastifyReply, ctx: RequestContext, policy: ForwardingPolicy, hooks: ForwardHooks): FastifyReply {
   const route = ctx.route!;
-  return reply.from(route.upstreamOrigin + ctx.upstreamPath!, {
+  return reply.from((ctx.upstreamOrigin ?? route.upstreamOrigin) + ctx.upstreamPath!, {
     timeout: route.timeoutMs,
     // reply-from retries GETs on 503 and on some socket errors by default; a gateway must
     // not multiply traffic to a struggling service behind the client's back.

@@ -38,7 +38,7 @@ function refuse(socket: Duplex, requestId: string, err: unknown): void {
 
 function relay(ctx: RequestContext, policy: ForwardingPolicy, clientSocket: Duplex, head: Buffer, logger: Logger): void {
   const route = ctx.route!;
-  const target = new URL(route.upstreamOrigin);
+  const target = new URL(ctx.upstreamOrigin ?? route.upstreamOrigin);
   const headers = upstreamRequestHeaders(ctx, target.host, policy);
   headers.connection = 'Upgrade';
   headers.upgrade = ctx.headers.upgrade;

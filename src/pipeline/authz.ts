@@ -1,0 +1,73 @@
+// Stage 6: the security team's policies decide. Default deny, deny-overrides, step_up per
+// RFC 9470; the decision, its deciding rules and the policy-set hash go to the decision log
+// (denies and step-ups always, allows sampled) and stay on the context for the assertion.
+import type { Logger } from 'pino';
+import type { PolicySource } from '../policy/source.ts';
+import { toPolicyInput, type Decision } from '../policy/evaluate.ts';
+import { decisionRecord } from '../policy/record.ts';
+import type { StepUpRequirement } from '../policy/schema.ts';
+import type { RequestContext, Stage } from './context.ts';
+import { AccessDeniedError, StepUpRequiredError } from './errors.ts';
+import { upstreamPathFor } from './route.ts';
+
+export interface AuthzDeps {
+  readonly policies: PolicySource;
+  /** Named upstreams an obligation may send a request to: name → base URL. */
+  readonly upstreams: Readonly<Record<string, string>>;
+  readonly decisionLog: Logger;
+  readonly allowSampleRate: number;
+  readonly onDecision?: (decision: Decision) => void;
+  readonly now?: () => number;
+  readonly random?: () => number;
+}
+
+const REALM = 'zt-gateway';
+
+/** RFC 9470 §3: the challenge names the acceptable acr values and the maximum authentication age. */
+export function stepUpChallenge(stepUp: StepUpRequirement | undefined): string {
+  const parts = [
+    `Bearer realm="${REALM}"`,
+    'error="insufficient_user_authentication"',
+    'error_description="A stronger or more recent authentication is required"',
+  ];
+  if (stepUp !== undefined) {
+    parts.push(`acr_values="${stepUp.acrValues.join(' ')}"`);
+    if (stepUp.maxAgeS !== undefined) parts.push(`max_age=${stepUp.maxAgeS}`);
+  }
+  return parts.join(', ');
+}
+
+export function createAuthzStage(deps: AuthzDeps): Stage {
+  const now = deps.now ?? Date.now;
+  const random = deps.random ?? Math.random;
+  const upstreams = new Map(Object.entries(deps.upstreams).map(([name, url]) => [name, new URL(url)]));
+
+  function log(ctx: RequestContext, decision: Decision, input: ReturnType<typeof toPolicyInput>, hash: string): void {
+    if (decision.effect === 'allow' && random() >= deps.allowSampleRate) return;
+    deps.decisionLog.info(decisionRecord(ctx.id, decision, input, hash), 'decision');
+  }
+
+  return (ctx: RequestContext) => {
+    if (ctx.route!.public) return;
+    // One read: the whole decision is made against the set that was current here.
+    const evaluator = deps.policies.current;
+    const input = toPolicyInput(ctx, new Date(now()));
+    const decision = evaluator.evaluate(input);
+    ctx.decision = decision;
+    ctx.policySet = evaluator.set.hash;
+    deps.onDecision?.(decision);
+    log(ctx, decision, input, evaluator.set.hash);
+
+    if (decision.effect === 'deny') throw new AccessDeniedError(`denied by ${decision.rules.map((r) => `${r.policy}/${r.rule}`).join(', ') || 'default deny'}`);
+    if (decision.effect === 'step_up') {
+      throw new StepUpRequiredError('step-up required', { headers: { 'www-authenticate': stepUpChallenge(decision.stepUp) } });
+    }
+    const alternate = decision.obligations.upstream;
+    if (alternate !== undefined) {
+      // The loader only accepts names the config defines; a reload that dropped one is refused there.
+      const target = upstreams.get(alternate)!;
+      ctx.upstreamOrigin = target.origin;
+      ctx.upstreamPath = upstreamPathFor(ctx.route!, ctx.path, target.pathname.replace(/\/+$/, ''));
+    }
+  };
+}
