@@ -2,6 +2,7 @@
 // (build aside, swap, keep the old one on failure) and graceful drain. Used by `ztgw serve`,
 // the demo and the tests alike.
 import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
 import { compileRuntime, type RuntimeHolder } from './config/compile.ts';
 import { loadConfigFile } from './config/load.ts';
@@ -49,7 +50,12 @@ function urlOf(address: AddressInfo | string | null, tls = false): string {
 /** Throws ConfigError (with file:line issues) or a compile error before anything listens. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const initial = loadSource(opts.source);
-  const { logger, access, decisions } = createLoggers(initial.config.server.logLevel, opts.logDestination);
+  const decisionFile = initial.config.policies?.decisionLog.file;
+  const { logger, access, decisions } = createLoggers(
+    initial.config.server.logLevel,
+    opts.logDestination,
+    decisionFile === undefined ? undefined : resolve(initial.dir, decisionFile),
+  );
   const metrics = createMetrics();
   const services = await createServices(initial.config, initial.dir, logger, metrics);
   const compile = (next: { config: Config; dir: string }) =>
@@ -120,6 +126,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       await services.close();
       logger.info({ outcome }, 'gateway stopped');
       logger.flush();
+      decisions.flush();
     },
   };
 }

@@ -235,6 +235,9 @@ const Policies = Type.Object(
           default: 0.01,
           description: 'Share of allow decisions written to the decision log; denies and step-ups are always written.',
         }),
+        file: Type.Optional(
+          Type.String({ minLength: 1, description: 'Write decision lines to this file (appended, relative to this file) instead of stdout.' }),
+        ),
       },
       { ...Strict, default: {} },
     ),

@@ -1,7 +1,7 @@
 // The ztgw command as an operator runs it: real processes, real signals, exit codes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startEchoServer } from '../../src/dev/echo.ts';
@@ -123,6 +123,57 @@ describe('ztgw serve', () => {
     expect(res.status).toBe(200);
     expect(await exited).toBe(0);
   });
+});
+
+describe('policies through the CLI', () => {
+  const policy = (groups: string) => `apiVersion: zt-gateway/v1
+name: echo-access
+appliesTo: { routes: [echo] }
+rules:
+  - name: team
+    effect: allow
+    when: 'identity.groups.exists(g, g in [${groups}])'
+`;
+  const withPolicies = (port: number, adminPort: number, policyDir: string) =>
+    goodConfig(port, adminPort, `policies:\n  dir: ${policyDir}\n  decisionLog: { allowSampleRate: 1, file: decisions-${policyDir}.jsonl }\n`);
+
+  it('refuses to serve on a broken policy set: exit 2 with file:line:col', async () => {
+    mkdirSync(join(dir, 'broken-policies'), { recursive: true });
+    writeFileSync(join(dir, 'broken-policies', 'echo.yaml'), policy('"eng"').replace('identity.groups', 'identity.grups'));
+    const file = join(dir, 'broken-policies.yaml');
+    writeFileSync(file, withPolicies(await freePort(), await freePort(), 'broken-policies'));
+    const run = ztgw(['serve', '--config', file]);
+    expect(run.status).toBe(2);
+    expect(run.stderr).toMatch(/broken-policies\/echo\.yaml:\d+:\d+: .*grups/);
+  });
+
+  it('writes decisions a replay against a candidate set can flip', async () => {
+    for (const [name, groups] of [['live-policies', '"eng", "ops"'], ['candidate-policies', '"eng"']] as const) {
+      mkdirSync(join(dir, name), { recursive: true });
+      writeFileSync(join(dir, name, 'echo.yaml'), policy(groups));
+    }
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const file = join(dir, 'live.yaml');
+    writeFileSync(file, withPolicies(port, adminPort, 'live-policies'));
+    const child = startZtgw(['serve', '--config', file]);
+    const exited = exitOf(child);
+    await waitReady(`http://127.0.0.1:${adminPort}`, child);
+    for (const [sub, groups] of [['olga', ['ops']], ['erin', ['eng']], ['sam', ['sales']]] as const) {
+      const token = await idp.sign({ groups }, { sub, aud: 'zt-gateway' });
+      await rawRequest(`http://127.0.0.1:${port}`, '/echo/x', { headers: { authorization: `Bearer ${token}` } });
+    }
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const log = join(dir, 'decisions-live-policies.jsonl');
+    const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => [l.sub, l.effect])).toEqual([['olga', 'allow'], ['erin', 'allow'], ['sam', 'deny']]);
+    const replay = ztgw(['policy', 'replay', '--log', log, '--policies', join(dir, 'candidate-policies'), '--json']);
+    expect(replay.status).toBe(0);
+    const report = JSON.parse(replay.stdout);
+    expect(report).toMatchObject({ records: 3, unchanged: 2 });
+    expect(report.flips.allowToDeny.map((f: { sub: string }) => f.sub)).toEqual(['olga']);
+    expect(report.flips.denyToAllow).toEqual([]);
+  }, 30_000);
 });
 
 describe('ztgw device', () => {
