@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import formats from 'ajv-formats';
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
+import { formatPath, keyName, offsetOf, toPath } from './yaml-path.ts';
 import { jsonSchema, type Config } from './schema.ts';
 import { checkSemantics, type ConfigPath } from './semantics.ts';
 
@@ -149,47 +150,6 @@ function eachValueScalar(node: unknown, path: ConfigPath, fn: (scalar: { value: 
 
 // ── positions ───────────────────────────────────────────────────────────────────────
 
-function keyName(key: unknown): string {
-  return String(isScalar(key) ? key.value : key);
-}
-
-/**
- * The source offset of the node at `path`, or of its deepest ancestor that exists in the
- * text (a value filled in by a default has no position of its own).
- */
-function offsetOf(doc: Document, path: ConfigPath, atKey: boolean): number {
-  let node: unknown = doc.contents;
-  let offset = start(node) ?? 0;
-  for (const [i, segment] of path.entries()) {
-    if (isAlias(node)) node = node.resolve(doc);
-    let next: unknown;
-    if (isMap(node)) {
-      const pair = node.items.find((p) => keyName(p.key) === String(segment));
-      if (!pair) break;
-      const last = i === path.length - 1;
-      offset = (last && atKey ? start(pair.key) : start(pair.value)) ?? start(pair.key) ?? offset;
-      next = pair.value;
-    } else if (isSeq(node) && typeof segment === 'number' && node.items[segment] !== undefined) {
-      next = node.items[segment];
-      offset = start(next) ?? offset;
-    } else break;
-    node = next;
-  }
-  return offset;
-}
-
-const start = (node: unknown): number | undefined => (node as Node | null)?.range?.[0];
-
-function formatPath(path: ConfigPath): string {
-  let out = '';
-  for (const segment of path) {
-    if (typeof segment === 'number') out += `[${segment}]`;
-    else if (/^[A-Za-z_$][\w$]*$/.test(segment)) out += out ? `.${segment}` : segment;
-    else out += `[${JSON.stringify(segment)}]`;
-  }
-  return out;
-}
-
 function sortIssues(issues: ConfigIssue[]): ConfigIssue[] {
   const seen = new Set<string>();
   return issues
@@ -262,19 +222,6 @@ function describe(e: ErrorObject, data: unknown): Finding {
 }
 
 /** JSON Pointer → path, with array indices as numbers (found by walking the data). */
-function toPath(pointer: string, data: unknown): ConfigPath {
-  if (pointer === '') return [];
-  const path: ConfigPath = [];
-  let node = data;
-  for (const raw of pointer.slice(1).split('/')) {
-    const segment = raw.replaceAll('~1', '/').replaceAll('~0', '~');
-    const step = Array.isArray(node) ? Number(segment) : segment;
-    path.push(step);
-    node = (node as Record<string | number, unknown> | undefined)?.[step];
-  }
-  return path;
-}
-
 function typeName(value: unknown): string {
   if (value === null) return 'null';
   return Array.isArray(value) ? 'array' : typeof value;

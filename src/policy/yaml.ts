@@ -1,13 +1,14 @@
 // YAML with positions, and Ajv errors as positioned issues, for policy files.
 //
-// This follows src/config/load.ts, whose helpers for this (offsetOf, explain, formatPath,
-// sortIssues) are not exported. Only the small pieces policies need are here, in short
-// form; once config/load.ts exports those helpers this file should shrink to calls to them.
+// Positions come from src/config/yaml-path.ts, shared with the gateway config loader;
+// the messages here are worded for policy authors.
 import type { ErrorObject } from 'ajv';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import type { ConfigIssue } from '../config/load.ts';
+import { formatPath, offsetOf, toPath, type YamlPath } from '../config/yaml-path.ts';
 
-export type Path = (string | number)[];
+export { formatPath };
+export type Path = YamlPath;
 
 export interface ParsedYaml {
   data: unknown;
@@ -39,38 +40,6 @@ export function parseYaml(text: string, file: string): ParsedYaml | { issues: Co
     return { issues: [at(0, '', err instanceof Error ? err.message : String(err))] };
   }
   return { data, issue: (path, message, atKey = false) => at(offsetOf(doc, path, atKey), formatPath(path), message) };
-}
-
-const start = (node: unknown): number | undefined => (node as Node | null)?.range?.[0];
-const keyName = (key: unknown) => String(isScalar(key) ? key.value : key);
-
-/** The offset of the node at `path`, or of its deepest ancestor present in the text. */
-function offsetOf(doc: Document, path: Path, atKey: boolean): number {
-  let node: unknown = doc.contents;
-  let offset = start(node) ?? 0;
-  for (const [i, segment] of path.entries()) {
-    if (isMap(node)) {
-      const pair = node.items.find((p) => keyName(p.key) === String(segment));
-      if (!pair) break;
-      const last = i === path.length - 1;
-      offset = (last && atKey ? start(pair.key) : start(pair.value)) ?? start(pair.key) ?? offset;
-      node = pair.value;
-    } else if (isSeq(node) && typeof segment === 'number' && node.items[segment] !== undefined) {
-      node = node.items[segment];
-      offset = start(node) ?? offset;
-    } else break;
-  }
-  return offset;
-}
-
-export function formatPath(path: Path): string {
-  let out = '';
-  for (const segment of path) {
-    if (typeof segment === 'number') out += `[${segment}]`;
-    else if (/^[A-Za-z_$][\w$]*$/.test(segment)) out += out ? `.${segment}` : segment;
-    else out += `[${JSON.stringify(segment)}]`;
-  }
-  return out;
 }
 
 /** Ajv's errors in the words a policy author needs, positioned. */
@@ -109,17 +78,4 @@ export function schemaIssues(errors: readonly ErrorObject[], parsed: ParsedYaml)
     }
   }
   return issues;
-}
-
-/** JSON Pointer → path, with array indices as numbers (found by walking the data). */
-function toPath(pointer: string, data: unknown): Path {
-  const path: Path = [];
-  let node = data;
-  for (const raw of pointer === '' ? [] : pointer.slice(1).split('/')) {
-    const segment = raw.replaceAll('~1', '/').replaceAll('~0', '~');
-    const step = Array.isArray(node) ? Number(segment) : segment;
-    path.push(step);
-    node = (node as Record<string | number, unknown> | undefined)?.[step];
-  }
-  return path;
 }
