@@ -43,7 +43,9 @@ export function createAuthzStage(deps: AuthzDeps): Stage {
   const upstreams = new Map(Object.entries(deps.upstreams).map(([name, url]) => [name, new URL(url)]));
 
   function log(ctx: RequestContext, decision: Decision, input: ReturnType<typeof toPolicyInput>, hash: string): void {
-    if (decision.effect === 'allow' && random() >= deps.allowSampleRate) return;
+    // Allows are sampled; denies, step-ups and any decision where a condition failed at run
+    // time (the team must see those) are always written.
+    if (decision.effect === 'allow' && decision.errors.length === 0 && random() >= deps.allowSampleRate) return;
     deps.decisionLog.info(decisionRecord(ctx.id, decision, input, hash), 'decision');
   }
 
