@@ -13,6 +13,8 @@
 import { celEnv, celFunc, CelScalar, isCelError, objectType, parse, plan, type CelInput, type CelResult } from '@bufbuild/cel';
 import { timestampDate, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
 import { createChecker, formatType, T, type CelT, type FieldDecl, type FuncDecl } from './check.ts';
+import { compileDirect, type DirectCondition } from './direct.ts';
+import type { DecisionScope } from './input.ts';
 import { STANDARD_FUNCTIONS } from './stdlib.ts';
 import { cidrProblem, glob, globProblem, hourIn, ipIn, ipProblem, timeZoneProblem, weekdayIn } from './functions.ts';
 
@@ -124,7 +126,10 @@ export type PolicyBindings = Readonly<Record<PolicyVariable, CelInput>>;
 
 export interface CompiledCondition {
   readonly source: string;
+  /** @bufbuild/cel's plan: the definition of what the condition means. */
   readonly program: (bindings: PolicyBindings) => CelResult;
+  /** The same condition over the plain input, where it can answer exactly (see direct.ts); absent when it cannot. */
+  readonly direct?: DirectCondition;
 }
 
 export interface ConditionProblem {
@@ -159,7 +164,18 @@ export function compileCondition(source: string): ConditionResult {
     problems.push({ line: 1, col: 1, kind: 'type', message: `a condition must be a bool, this one is ${formatType(type)}` });
   }
   if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, condition: { source, program: plan(env, parsed) as CompiledCondition['program'] } };
+  const direct = compileDirect(parsed.expr!);
+  return { ok: true, condition: { source, program: plan(env, parsed) as CompiledCondition['program'], ...(direct && { direct }) } };
+}
+
+/**
+ * A condition for one decision: on the plain input when direct.ts can answer, otherwise
+ * (and for every error) by @bufbuild/cel on the bindings, converted at most once per
+ * decision and only if some condition needs them.
+ */
+export function evalCondition(condition: CompiledCondition, scope: DecisionScope): boolean | { error: string } {
+  const direct = condition.direct?.(scope.input);
+  return direct ?? runCondition(condition, scope.bindings());
 }
 
 /** true or false, or the reason it could not decide: a non-bool result is an error too. */

@@ -347,3 +347,37 @@ describe('toPolicyInput', () => {
     expect(e.evaluate(x)).toMatchObject({ effect: 'deny', rules: [{ rule: 'unenrolled' }] });
   });
 });
+
+describe('per-decision state (the CEL bindings, converted only when a condition needs them)', () => {
+  // `size()` is not compiled (direct.ts), so these rules run on @bufbuild/cel and its
+  // bindings; the others run compiled. Decisions alternate between two inputs on one
+  // evaluator: nothing converted for one may answer for the other.
+  const e = evaluator(
+    policy('p', [
+      rule('two-groups', 'allow', 'size(identity.groups) > 1'),
+      rule('eng', 'allow', '"eng" in identity.groups'),
+      rule('senior', 'deny', 'identity.claims.level < 3'),
+    ]),
+  );
+  const a = input({}, { identity: { ...BASE.identity, groups: ['eng', 'oncall'], claims: { level: 5 } } });
+  const b = input({}, { identity: { ...BASE.identity, groups: ['sales'], claims: {} } });
+
+  it('two decisions with different inputs share nothing', () => {
+    for (let n = 0; n < 3; n++) {
+      expect(e.evaluate(a)).toMatchObject({ effect: 'allow', rules: [{ rule: 'two-groups' }, { rule: 'eng' }], errors: [] });
+      expect(e.evaluate(b)).toMatchObject({
+        effect: 'deny',
+        rules: [{ rule: 'senior' }],
+        errors: [{ policy: 'p', rule: 'senior', message: 'field not found: level' }],
+      });
+    }
+  });
+
+  it('an input @bufbuild/cel cannot bind (an invalid Date) throws, as it did before the conversion was lazy', () => {
+    // toPolicyInput turns an absurd auth_time claim into such a Date; the throw fails the
+    // request closed (500), never open.
+    const bad = input({}, { identity: { ...BASE.identity, auth_time: new Date(Number.NaN) } });
+    expect(() => e.evaluate(bad)).toThrow(/NaN/);
+    expect(e.evaluate(a).effect).toBe('allow');
+  });
+});

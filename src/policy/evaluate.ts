@@ -11,8 +11,8 @@
 // counts as not matching for allow and as matching for deny and step_up, and is reported
 // in `errors`. Report-only policies are evaluated and reported, never obeyed.
 import { performance } from 'node:perf_hooks';
-import { runCondition } from './cel.ts';
-import { toBindings, type PolicyInput } from './input.ts';
+import { evalCondition } from './cel.ts';
+import { decisionScope, type DecisionScope, type PolicyInput } from './input.ts';
 import type { Effect, Mode, Obligations, StepUpRequirement } from './schema.ts';
 import type { CompiledPolicy, CompiledRule, PolicySet } from './set.ts';
 
@@ -102,19 +102,29 @@ const RANK: Readonly<Record<Effect, number>> = { allow: 1, step_up: 2, deny: 3 }
 /** The zero-trust reading of an error: it counts for deny and step_up, never for allow. */
 const counts = (run: Run) => run.outcome === 'matched' || (run.outcome === 'error' && run.rule.effect !== 'allow');
 
-function runRule(policy: CompiledPolicy, rule: CompiledRule, bindings: ReturnType<typeof toBindings>): Run {
-  const result = runCondition(rule.condition, bindings);
-  if (typeof result === 'boolean') return { policy, rule, outcome: result ? 'matched' : 'not_matched' };
+function runRule(policy: CompiledPolicy, rule: CompiledRule, scope: DecisionScope): Run {
+  const result = evalCondition(rule.condition, scope);
+  if (result === true) return { policy, rule, outcome: 'matched' };
+  if (result === false) return { policy, rule, outcome: 'not_matched' };
   return { policy, rule, outcome: 'error', error: result.error };
 }
 
+interface Outcome {
+  readonly effect: Effect;
+  readonly rank: number;
+  readonly deciding: readonly Run[];
+}
+
+const DEFAULT_DENY: Outcome = Object.freeze({ effect: 'deny', rank: 0, deciding: Object.freeze([]) });
+
 /** The winning effect among runs that count, and the runs that make it win. */
-function decide(runs: readonly Run[]): { effect: Effect; rank: number; deciding: Run[] } {
-  for (const effect of PRECEDENCE) {
-    const deciding = runs.filter((r) => r.rule.effect === effect && counts(r));
-    if (deciding.length > 0) return { effect, rank: RANK[effect], deciding };
-  }
-  return { effect: 'deny', rank: 0, deciding: [] };
+function decide(runs: readonly Run[]): Outcome {
+  let rank = 0;
+  for (const r of runs) if (counts(r) && RANK[r.rule.effect] > rank) rank = RANK[r.rule.effect];
+  if (rank === 0) return DEFAULT_DENY;
+  const deciding: Run[] = [];
+  for (const r of runs) if (RANK[r.rule.effect] === rank && counts(r)) deciding.push(r);
+  return { effect: deciding[0]!.rule.effect, rank, deciding };
 }
 
 /** First rule in set order wins a conflict: deterministic, and visible in explain. */
@@ -152,58 +162,73 @@ function mergeStepUp(stepUps: readonly Run[]): StepUpRequirement | undefined {
 
 const ref = (r: Run): RuleRef => ({ policy: r.policy.name, rule: r.rule.name, effect: r.rule.effect });
 
+function errorsOf(runs: readonly Run[], out: RuleError[]): RuleError[] {
+  for (const r of runs) if (r.outcome === 'error') out.push({ policy: r.policy.name, rule: r.rule.name, message: r.error! });
+  return out;
+}
+
 export function createEvaluator(set: PolicySet, options: EvaluatorOptions = {}): Evaluator {
   const clock = options.clock ?? (() => performance.now());
-  // Rules grouped by effect once, so the request path walks deny rules first and stops
-  // at the first effect that applies: a denied request never runs the allow rules.
-  const byEffect = new Map(
-    set.policies.map((p) => [p, Object.fromEntries(PRECEDENCE.map((e) => [e, p.rules.filter((r) => r.effect === e)])) as Record<Effect, CompiledRule[]>]),
-  );
+  // Rules grouped by effect once (in PRECEDENCE order), so the request path walks deny
+  // rules first and stops at the first effect that applies: a denied request never runs
+  // the allow rules. Found by the policy's position in the set (`order`), not by a Map
+  // keyed by the policy: 30 object-keyed lookups per decision were a sixth of the
+  // evaluator's own time.
+  const byEffect: (readonly CompiledRule[])[][] = [];
+  for (const p of set.policies) {
+    if (byEffect[p.order] !== undefined) throw new Error(`policy set: two policies at position ${p.order}`);
+    byEffect[p.order] = PRECEDENCE.map((e) => p.rules.filter((r) => r.effect === e));
+  }
 
   function run(input: PolicyInput, full: boolean) {
     const started = clock();
     const candidates = set.candidates(input.request);
-    const bindings = toBindings(input);
+    const scope = decisionScope(input);
     const enforced: Run[] = [];
-    const reportOnly: Run[] = [];
+    let reportOnlyPolicies = 0;
 
-    for (const effect of PRECEDENCE) {
+    for (let e = 0; e < PRECEDENCE.length; e++) {
       let applied = false;
       for (const policy of candidates) {
-        if (policy.mode !== 'enforce') continue;
-        for (const rule of byEffect.get(policy)![effect]) {
-          const r = runRule(policy, rule, bindings);
+        if (policy.mode !== 'enforce') {
+          if (e === 0) reportOnlyPolicies++;
+          continue;
+        }
+        for (const rule of byEffect[policy.order]![e]!) {
+          const r = runRule(policy, rule, scope);
           enforced.push(r);
-          applied ||= counts(r);
+          if (!applied && counts(r)) applied = true;
         }
       }
       if (applied && !full) break;
     }
     const outcome = decide(enforced);
 
+    const reportOnly: Run[] = [];
     const findings: ReportOnlyFinding[] = [];
-    for (const policy of candidates) {
-      if (policy.mode !== 'report-only') continue;
-      const runs = policy.rules.map((rule) => runRule(policy, rule, bindings));
-      reportOnly.push(...runs);
-      const own = decide(runs);
-      // Enforced together with the others, this policy could only add what outranks them.
-      if (own.rank > outcome.rank && own.effect !== outcome.effect) {
-        for (const r of own.deciding) findings.push({ ...ref(r), wouldBe: own.effect });
+    if (reportOnlyPolicies > 0) {
+      for (const policy of candidates) {
+        if (policy.mode !== 'report-only') continue;
+        const runs = policy.rules.map((rule) => runRule(policy, rule, scope));
+        for (const r of runs) reportOnly.push(r);
+        const own = decide(runs);
+        // Enforced together with the others, this policy could only add what outranks them.
+        if (own.rank > outcome.rank && own.effect !== outcome.effect) {
+          for (const r of own.deciding) findings.push({ ...ref(r), wouldBe: own.effect });
+        }
       }
     }
 
-    const allRuns = [...enforced, ...reportOnly];
     const decision: Decision = {
       effect: outcome.effect,
       rules: outcome.deciding.map(ref),
       reportOnly: findings,
       obligations: outcome.effect === 'allow' ? mergeObligations(outcome.deciding) : {},
       ...(outcome.effect === 'step_up' && { stepUp: mergeStepUp(outcome.deciding) }),
-      errors: allRuns.filter((r) => r.outcome === 'error').map((r) => ({ policy: r.policy.name, rule: r.rule.name, message: r.error! })),
+      errors: errorsOf(reportOnly, errorsOf(enforced, [])),
       evalMicros: Math.round((clock() - started) * 10_000) / 10,
     };
-    return { decision, candidates, runs: allRuns, outcome };
+    return { decision, candidates, runs: full ? [...enforced, ...reportOnly] : enforced, outcome };
   }
 
   return {

@@ -136,3 +136,70 @@ describe('glob', () => {
     expect(globProblem('/a/**/b/*')).toBeUndefined();
   });
 });
+
+describe('the caches behind the helpers answer as if there were none', () => {
+  /** hour and weekday from a formatter made for this one question. */
+  function uncached(date: Date, tz: string): [number, number] {
+    const parts = new Intl.DateTimeFormat('en-US', { timeZone: tz, hourCycle: 'h23', hour: 'numeric', weekday: 'short' }).formatToParts(date);
+    const hour = Number(parts.find((p) => p.type === 'hour')!.value);
+    const weekday = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'].indexOf(parts.find((p) => p.type === 'weekday')!.value);
+    return [hour, weekday];
+  }
+
+  it('hour_in and weekday_in: around daylight-saving changes and midnight, on and beside minute edges, zones interleaved', () => {
+    const zones = ['Europe/Berlin', 'America/New_York', 'Asia/Kolkata', 'Australia/Lord_Howe', 'UTC', '+05:45'];
+    const instants = [
+      '2024-03-31T01:00:00Z', // Berlin springs forward
+      '2024-10-27T01:00:00Z', // and falls back
+      '2024-11-03T06:00:00Z', // New York falls back
+      '2024-04-06T15:00:00Z', // Lord Howe: a half-hour change
+      '2024-06-02T23:59:00Z',
+      '2024-06-02T18:30:00Z', // midnight in Kolkata
+    ].map((t) => Date.parse(t));
+    const mismatches: string[] = [];
+    for (const at of instants) {
+      // Both sides of the change, and across the minute before and after it, in steps
+      // that land on minute edges as well as inside minutes.
+      for (let ms = at - 61_000; ms <= at + 61_000; ms += 997) {
+        for (const edge of [ms, Math.floor(ms / 60_000) * 60_000, Math.floor(ms / 60_000) * 60_000 - 1]) {
+          for (const tz of zones) {
+            const d = new Date(edge);
+            const [hour, weekday] = uncached(d, tz);
+            if (hourIn(d, tz) !== hour || weekdayIn(d, tz) !== weekday) mismatches.push(`${d.toISOString()} ${tz}`);
+          }
+        }
+      }
+    }
+    expect(mismatches).toEqual([]);
+  });
+
+  it('hour_in before 1973: offsets that were not whole minutes (Monrovia, -0:44:30) are not shared within a minute', () => {
+    const mismatches: string[] = [];
+    // 1960-06-01 12:44:30 UTC is 12:00:00 in Monrovia: the local hour changes 30 s into a UTC minute.
+    const change = Date.parse('1960-06-01T12:44:30Z');
+    for (let ms = change - 40_000; ms <= change + 40_000; ms += 500) {
+      const d = new Date(ms);
+      if (hourIn(d, 'Africa/Monrovia') !== uncached(d, 'Africa/Monrovia')[0]) mismatches.push(d.toISOString());
+    }
+    expect(mismatches).toEqual([]);
+  });
+
+  it('ip_in: the last address remembered never answers for another', () => {
+    for (let n = 0; n < 3; n++) {
+      expect(ipIn('10.1.2.3', '10.0.0.0/8')).toBe(true);
+      expect(ipIn('11.1.2.3', '10.0.0.0/8')).toBe(false);
+      expect(() => ipIn('not-an-ip', '10.0.0.0/8')).toThrow(/not an IPv4 or IPv6 address/);
+      expect(ipIn('::ffff:10.1.2.3', '10.0.0.0/8')).toBe(true);
+      expect(ipIn('10.1.2.3', '2001:db8::/32')).toBe(false);
+    }
+  });
+
+  it('glob: a checked pattern is reused, a bad one fails every time', () => {
+    for (let n = 0; n < 3; n++) {
+      expect(glob('/admin/users', '/admin/**')).toBe(true);
+      expect(glob('/administrator', '/admin/**')).toBe(false);
+      expect(() => glob('/a', '/a**')).toThrow(/whole path segment/);
+      expect(glob('/api/x.pdf', '/api/*.pdf')).toBe(true);
+    }
+  });
+});

@@ -16,6 +16,13 @@ interface Network extends Address {
   prefix: number;
 }
 
+/** A network ready for the per-request comparison: both sides shifted by the host bits. */
+interface NetworkTest {
+  version: 4 | 6;
+  shift: bigint;
+  shifted: bigint;
+}
+
 function parseV4(text: string): bigint {
   return text.split('.').reduce((acc, octet) => (acc << 8n) | BigInt(Number(octet)), 0n);
 }
@@ -66,27 +73,46 @@ function parseNetwork(text: string): Network | string {
 
 // Conditions name a handful of literal networks; parse each once, bounded in case a
 // condition builds them from request data.
-const networks = new Map<string, Network | string>();
+const networks = new Map<string, NetworkTest | string>();
 
-function network(cidr: string): Network {
+function network(cidr: string): NetworkTest {
   let parsed = networks.get(cidr);
   if (parsed === undefined) {
     if (networks.size >= 1024) networks.clear();
-    parsed = parseNetwork(cidr);
+    const net = parseNetwork(cidr);
+    if (typeof net === 'string') parsed = net;
+    else {
+      const shift = BigInt((net.version === 4 ? 32 : 128) - net.prefix);
+      parsed = { version: net.version, shift, shifted: net.value >> shift };
+    }
     networks.set(cidr, parsed);
   }
   if (typeof parsed === 'string') throw new Error(`ip_in: ${parsed}`);
   return parsed;
 }
 
+// A decision asks about the same client address in several rules (an allow-list, a
+// block-list), and consecutive requests often come from the same client: remember the
+// last address parsed (about 0.5 µs here). A pure function of the text, so nothing leaks
+// between requests but the time saved.
+let lastIp: string | undefined;
+let lastAddress: Address | undefined;
+
+function address(ip: string): Address | undefined {
+  if (ip !== lastIp) {
+    lastAddress = parseAddress(ip);
+    lastIp = ip;
+  }
+  return lastAddress;
+}
+
 /** Whether `ip` is inside `cidr` ("10.0.0.0/8", "2001:db8::/32", or one address). */
 export function ipIn(ip: string, cidr: string): boolean {
   const net = network(cidr);
-  const address = parseAddress(ip);
-  if (address === undefined) throw new Error(`ip_in: "${ip}" is not an IPv4 or IPv6 address`);
-  if (address.version !== net.version) return false;
-  const shift = BigInt((net.version === 4 ? 32 : 128) - net.prefix);
-  return address.value >> shift === net.value >> shift;
+  const parsed = address(ip);
+  if (parsed === undefined) throw new Error(`ip_in: "${ip}" is not an IPv4 or IPv6 address`);
+  if (parsed.version !== net.version) return false;
+  return parsed.value >> net.shift === net.shifted;
 }
 
 export function cidrProblem(cidr: string): string | undefined {
@@ -101,16 +127,34 @@ export function ipProblem(ip: string): string | undefined {
 // ── hour_in(ts, tz), weekday_in(ts, tz) ──────────────────────────────────────────────
 
 // Building a DateTimeFormat costs tens of microseconds and formatting a few: keep one
-// formatter per zone (a policy names a few), and the last answer per zone, since every
-// rule of a decision asks about the same request.time.
+// formatter per zone (a policy names a few), and per zone the answer for the last UTC
+// minute asked about. Every rule of a decision asks about the same request.time, and
+// under load every request of a minute does: formatting once per zone per minute instead
+// of once per decision took 4 µs off each decision here.
+//
+// Why a minute is safe to share: since 1972 every zone's UTC offset is a whole number of
+// minutes and every transition falls on a whole UTC minute, so the local hour and weekday
+// cannot change inside a UTC minute. Belt and braces: the minute is only remembered when
+// its first and last millisecond give the same answer as the instant asked about; earlier
+// dates (local mean time had offsets such as -0:44:30) are always formatted.
 interface Zone {
   format: Intl.DateTimeFormat;
-  at: number;
+  /** Start of the remembered UTC minute (ms), NaN for none. */
+  minute: number;
+  hour: number;
+  weekday: number;
+}
+interface LocalTime {
   hour: number;
   weekday: number;
 }
 const zones = new Map<string, Zone>();
 const WEEKDAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MINUTE_MS = 60_000;
+/** 1973-01-01: after the last offset that was not whole minutes (Liberia, until 1972). */
+const WHOLE_MINUTES_SINCE = Date.UTC(1973, 0, 1);
+/** The last minute that starts and ends inside the ECMAScript date range (±8.64e15 ms). */
+const LAST_MINUTE = 8.64e15 - MINUTE_MS;
 
 function zone(tz: string): Zone {
   let z = zones.get(tz);
@@ -119,27 +163,40 @@ function zone(tz: string): Zone {
     // Throws RangeError for an unknown zone. IANA names ("Europe/Berlin"), "UTC" and
     // fixed offsets ("+02:00") are accepted.
     const format = new Intl.DateTimeFormat('en-US', { timeZone: tz, hourCycle: 'h23', hour: 'numeric', weekday: 'short' });
-    z = { format, at: Number.NaN, hour: 0, weekday: 0 };
+    z = { format, minute: Number.NaN, hour: 0, weekday: 0 };
     zones.set(tz, z);
   }
   return z;
 }
 
-function localTime(date: Date, tz: string): Zone {
+function formatted(z: Zone, at: number, tz: string): LocalTime {
+  let hour = -1;
+  let weekday = -1;
+  for (const p of z.format.formatToParts(at)) {
+    if (p.type === 'hour') hour = Number(p.value);
+    else if (p.type === 'weekday') weekday = WEEKDAYS.indexOf(p.value);
+  }
+  if (hour < 0 || weekday < 0) throw new Error(`no local time for ${new Date(at).toISOString()} in ${tz}`);
+  return { hour, weekday };
+}
+
+const same = (a: LocalTime, b: LocalTime) => a.hour === b.hour && a.weekday === b.weekday;
+
+function localTime(date: Date, tz: string): LocalTime {
   const z = zone(tz);
   const at = date.getTime();
-  if (z.at !== at) {
-    if (Number.isNaN(at)) throw new RangeError('invalid date');
-    let hour = -1;
-    let weekday = -1;
-    for (const p of z.format.formatToParts(date)) {
-      if (p.type === 'hour') hour = Number(p.value);
-      else if (p.type === 'weekday') weekday = WEEKDAYS.indexOf(p.value);
+  if (Number.isNaN(at)) throw new RangeError('invalid date');
+  const minute = Math.floor(at / MINUTE_MS) * MINUTE_MS;
+  if (minute === z.minute) return z;
+  const here = formatted(z, at, tz);
+  if (minute >= WHOLE_MINUTES_SINCE && minute <= LAST_MINUTE) {
+    if (same(formatted(z, minute, tz), here) && same(formatted(z, minute + MINUTE_MS - 1, tz), here)) {
+      z.minute = minute;
+      z.hour = here.hour;
+      z.weekday = here.weekday;
     }
-    if (hour < 0 || weekday < 0) throw new Error(`no local time for ${date.toISOString()} in ${tz}`);
-    Object.assign(z, { at, hour, weekday });
   }
-  return z;
+  return here;
 }
 
 /** Hour of the day, 0–23, at `date` in time zone `tz` (daylight saving applied). */
@@ -168,9 +225,22 @@ export function timeZoneProblem(tz: string): string | undefined {
 
 /** `*` matches within one segment (no "/"); `**` as a whole segment matches any number of segments, including none. */
 export function glob(subject: string, pattern: string): boolean {
-  const problem = globProblem(pattern);
-  if (problem !== undefined) throw new Error(`glob: ${problem}`);
-  return wildcard(pattern.split('/'), subject.split('/'), (p) => p === '**', matchSegment);
+  return wildcard(globPattern(pattern), subject.split('/'), (p) => p === '**', matchSegment);
+}
+
+// Conditions name a handful of literal patterns: check and split each once, bounded as
+// the networks of ip_in are.
+const patterns = new Map<string, readonly string[] | string>();
+
+function globPattern(pattern: string): readonly string[] {
+  let parsed = patterns.get(pattern);
+  if (parsed === undefined) {
+    if (patterns.size >= 1024) patterns.clear();
+    parsed = globProblem(pattern) ?? pattern.split('/');
+    patterns.set(pattern, parsed);
+  }
+  if (typeof parsed === 'string') throw new Error(`glob: ${parsed}`);
+  return parsed;
 }
 
 export function globProblem(pattern: string): string | undefined {
@@ -181,6 +251,8 @@ export function globProblem(pattern: string): string | undefined {
 }
 
 function matchSegment(pattern: string, subject: string): boolean {
+  // Without a star the wildcard walk is a comparison of code points: equality.
+  if (!pattern.includes('*')) return pattern === subject;
   return wildcard([...pattern], [...subject], (c) => c === '*', (p, s) => p === s);
 }
 

@@ -125,6 +125,39 @@ export function toPolicyInput(ctx: RequestContext, now: Date): PolicyInput {
   };
 }
 
+/** One decision's input, and its CEL bindings, converted only if a condition needs them (see cel.ts evalCondition). */
+export interface DecisionScope {
+  readonly input: PolicyInput;
+  bindings(): PolicyBindings;
+}
+
+/**
+ * A scope per decision, never shared: the bindings it converts belong to this input only.
+ * toBindings() throws for an input it cannot convert (an invalid Date such as a token's
+ * absurd auth_time, a record that is not an object). It did so for every decision when
+ * it ran eagerly, so for such an input it still runs eagerly, and throws as before.
+ */
+export function decisionScope(input: PolicyInput): DecisionScope {
+  let bindings: PolicyBindings | undefined = convertible(input) ? undefined : toBindings(input);
+  return { input, bindings: () => (bindings ??= toBindings(input)) };
+}
+
+const isObject = (v: unknown) => typeof v === 'object' && v !== null;
+const validDateOrNot = (v: unknown) => !(v instanceof Date) || !Number.isNaN(v.getTime());
+
+function convertible({ request, identity, device, risk }: PolicyInput): boolean {
+  return (
+    isObject(request) &&
+    isObject(request.headers) &&
+    isObject(identity) &&
+    isObject(device) &&
+    isObject(risk) &&
+    validDateOrNot(request.time) &&
+    validDateOrNot(identity.auth_time) &&
+    (!device.posture || validDateOrNot(device.posture.last_check_in))
+  );
+}
+
 /**
  * The input as @bufbuild/cel takes it, converted once per decision: given a plain object,
  * @bufbuild/cel copies it into a new map on every read (about a microsecond per field

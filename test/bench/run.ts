@@ -1,15 +1,18 @@
-// `npm run bench`: throughput and latency of the gateway core (a JWT route) and of its
-// full device-trust path (DPoP-bound token, proof on every request, enrolled device)
-// against a bare Fastify proxy and the upstream itself. Targets run interleaved
-// (1,2,3,4,1,2,3,4,…) so drift on a shared machine (thermal, other tenants) hits all of
-// them alike; each target's median round is reported. On a 2-core box autocannon
-// competes with the servers for CPU, so absolute req/s mean little and the ratios to the
-// bare proxy are the numbers to watch. DPoP proofs are minted before each run, not
-// during it (see dpop-client.ts), and the verifier's in-process cost is measured apart.
+// `npm run bench`: first, in process, the policy evaluator's decision time (10 rules on a
+// route; the same route among 1,000 policies); then throughput and latency of the gateway
+// core (a JWT route), of its full device-trust path (DPoP-bound token, proof on every
+// request, enrolled device), and of the JWT route with policies on (a realistic set for
+// the route, and a single allow-all rule) against a bare Fastify proxy and the upstream
+// itself. Targets run interleaved (1,2,3,…,1,2,3,…) so drift on a shared machine
+// (thermal, other tenants) hits all of them alike; each target's median round is
+// reported. On a 2-core box autocannon competes with the servers for CPU, so absolute
+// req/s mean little and the ratios are the numbers to watch: to the bare proxy, and
+// policies to allow-all. DPoP proofs are minted before each run, not during it (see
+// dpop-client.ts), and the verifier's in-process cost is measured apart.
 //
-//   npm run bench [-- --rounds 3 --duration 10 --warmup 5 --connections 50]
+//   npm run bench [-- --rounds 3 --duration 8 --warmup 4 --connections 50]
 //
-// Exit 1 if any response was not 2xx or any request failed; the ratio is reported, not
+// Exit 1 if any response was not 2xx or any request failed; the ratios are reported, not
 // enforced (one noisy run on a laptop should not fail anything).
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -19,12 +22,15 @@ import { parseArgs } from 'node:util';
 import { createIssuer } from '../../src/dev/issuer.ts';
 import { measureDpopVerify } from './dpop-client.ts';
 import { ChildSet, formatTable, problemsOf, runLoad, summarize, type HeaderPool, type LoadResult } from './lib.ts';
+import { formatDecisionResults, measurePolicyDecisions } from './policy-decisions.ts';
 import {
   bareProxy,
   DPOP_MAX_AGE_S,
   echoDirect,
+  gatewayAllowAll,
   gatewayDpop,
   gatewayJwt,
+  gatewayPolicies,
   type BenchFixture,
   type RunningTarget,
   type Target,
@@ -33,6 +39,8 @@ import {
 const BASELINE = 'bare fastify proxy';
 const GATEWAY = 'zt-gateway jwt';
 const GATEWAY_DPOP = 'zt-gateway dpop';
+const GATEWAY_POLICIES = 'zt-gateway jwt+policies';
+const GATEWAY_ALLOW_ALL = 'zt-gateway jwt+allow-all';
 
 // Header pools (DPoP proofs) are sized from the target's fastest run so far: its rate ×
 // the run's duration × this margin (later rounds run faster than a cold warm-up; other
@@ -43,12 +51,17 @@ const FIRST_POOL = 25_000;
 // The verifier microbenchmark: sequential calls, after a warm-up that fills the key cache and JITs the path.
 const VERIFY_OPS = 2_000;
 const VERIFY_WARMUP = 500;
+// The decision-time benchmark (policy-decisions.ts): per policy set, a warm-up then
+// rounds of decisions timed one by one (a p99 per round, the median of those reported:
+// one round hit by a neighbour's burst does not decide it); about 10 s in all here.
+const DECISIONS = { rounds: 5, decisions: 20_000, warmup: 20_000 };
 
 const { values: flags } = parseArgs({
   options: {
     rounds: { type: 'string', default: '3' },
-    duration: { type: 'string', default: '10' },
-    warmup: { type: 'string', default: '5' },
+    // 6 targets × (4 + 3 × 8) s keeps the whole run near 4 minutes.
+    duration: { type: 'string', default: '8' },
+    warmup: { type: 'string', default: '4' },
     connections: { type: 'string', default: '50' },
   },
 });
@@ -92,7 +105,12 @@ for (const [sig, num] of [['SIGINT', 2], ['SIGTERM', 15]] as const) {
 const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
 
 async function main(): Promise<void> {
-  const targets: ((fx: BenchFixture) => Target)[] = [echoDirect, bareProxy, gatewayJwt, gatewayDpop];
+  // Before any server starts, so nothing competes with it for CPU.
+  log('policy decision time, in process …');
+  const decisions = formatDecisionResults(measurePolicyDecisions(DECISIONS), DECISIONS);
+  log(decisions);
+
+  const targets: ((fx: BenchFixture) => Target)[] = [echoDirect, bareProxy, gatewayJwt, gatewayDpop, gatewayPolicies, gatewayAllowAll];
   // Start-up, warm-up, rounds, minting proofs, and stop-time slack; past this something is wedged.
   const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + 120) * 1000;
   const overall = setTimeout(() => {
@@ -191,13 +209,17 @@ async function main(): Promise<void> {
   const responses = [...results.values()].flat().reduce((n, r) => n + r.responses, 0);
   const jwtRps = summaries.get(GATEWAY)!.reqPerSec;
   const dpopRps = summaries.get(GATEWAY_DPOP)!.reqPerSec;
+  const policiesRps = summaries.get(GATEWAY_POLICIES)!.reqPerSec;
+  const allowAllRps = summaries.get(GATEWAY_ALLOW_ALL)!.reqPerSec;
   process.stdout.write(
     `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'req/s per round'], rows)}\n\n` +
       `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n` +
       `dpop verify: ${verifyUs.toFixed(0)} µs/op (in process, ${VERIFY_OPS} sequential verify() calls, memory replay cache)\n` +
       `dpop per request under load: ${(1e6 / dpopRps - 1e6 / jwtRps).toFixed(0)} µs (1e6/rps(dpop) − 1e6/rps(jwt))\n` +
       `gateway/bare ratio: ${(jwtRps / baseline).toFixed(2)} (target ≥ 0.85)\n` +
-      `gateway dpop/bare ratio: ${(dpopRps / baseline).toFixed(2)} (target ≥ 0.50)\n`,
+      `gateway dpop/bare ratio: ${(dpopRps / baseline).toFixed(2)} (target ≥ 0.50)\n` +
+      `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} (target ≥ 0.90)\n` +
+      `\n${decisions}`,
   );
 }
 

@@ -3,11 +3,12 @@
 // (DPoP proofs), a pool of them. New targets (a policy route, …) are one more factory
 // here plus one line in run.ts; the runner does not change.
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import type { Issuer } from '../../src/dev/issuer.ts';
 import { createDpopClient, ProofPool } from './dpop-client.ts';
 import { freePort, waitFor200, type ChildSet, type HeaderPool } from './lib.ts';
+import { allowAllSet, realisticRouteSet } from './policy-sets.ts';
 
 export interface RunningTarget {
   /** Full URL autocannon requests, path included. */
@@ -48,6 +49,8 @@ export interface BenchFixture {
 const BENCH_DIR = import.meta.dirname;
 const REPO_ROOT = resolve(BENCH_DIR, '../..');
 export const BENCH_PATH = '/echo/bench';
+/** The name of the one route every gateway target has, `/echo/` to the echo upstream. */
+const BENCH_ROUTE = 'echo';
 
 // Every target gets the same Authorization header, including those that ignore it, so
 // the bytes on the wire (and echoed back) are the same and only the gateway's work differs.
@@ -151,6 +154,36 @@ export function gatewayDpop(fx: BenchFixture): Target {
   };
 }
 
+/**
+ * (5) and (6): the JWT route of (3) with a policies section, once with the realistic
+ * set for the route (test/bench/policy-sets.ts: 10 policies, 10 rules; the bench token's
+ * group "eng" is allowed from loopback by one of them, after every deny and step_up rule
+ * has been evaluated) and once with a single allow-all rule. Issue 5: requests/s with
+ * policies on must stay within 10% of the allow-all configuration. Allows are logged at
+ * 1%, as the config's default.
+ */
+export function gatewayPolicies(fx: BenchFixture): Target {
+  return policyTarget(fx, 'zt-gateway jwt+policies', 'policies', realisticRouteSet(BENCH_ROUTE));
+}
+
+export function gatewayAllowAll(fx: BenchFixture): Target {
+  return policyTarget(fx, 'zt-gateway jwt+allow-all', 'allow-all', allowAllSet(BENCH_ROUTE));
+}
+
+function policyTarget(fx: BenchFixture, name: string, dir: string, files: readonly { file: string; text: string }[]): Target {
+  return {
+    name,
+    async start() {
+      const gateway = await startGateway(fx, {
+        dir,
+        config: { policies: { dir: 'policies', decisionLog: { allowSampleRate: 0.01 } } },
+        files: Object.fromEntries(files.map((f) => [join('policies', f.file), f.text])),
+      });
+      return { url: gateway.url, headers: bearer(fx), stop: gateway.stop };
+    },
+  };
+}
+
 interface GatewayVariant {
   /** Subdirectory of the scratch directory for this gateway's config, JWKS and other files. */
   readonly dir: string;
@@ -158,7 +191,7 @@ interface GatewayVariant {
   readonly route?: Record<string, unknown>;
   /** Merged into the config, one level deep (`identity.dpop` next to `identity.issuers`). */
   readonly config?: Record<string, Record<string, unknown>>;
-  /** More files next to the config: name → content. */
+  /** More files next to the config: name (may include a subdirectory) → content. */
   readonly files?: Record<string, string>;
 }
 
@@ -172,7 +205,10 @@ async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<
   const dir = join(fx.tmpDir, variant.dir);
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, 'jwks.json'), JSON.stringify(fx.issuer.publicJwks()));
-  for (const [name, content] of Object.entries(variant.files ?? {})) await writeFile(join(dir, name), content);
+  for (const [name, content] of Object.entries(variant.files ?? {})) {
+    await mkdir(dirname(join(dir, name)), { recursive: true });
+    await writeFile(join(dir, name), content);
+  }
   // `ztgw serve` cannot report a port it was given as 0, so pick them here. Another
   // process may grab one in between; that shows as "address in use", and we retry.
   for (let attempt = 1; ; attempt++) {
@@ -200,7 +236,7 @@ async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<
       },
     };
     for (const [name, values] of Object.entries(variant.config ?? {})) sections[name] = { ...sections[name], ...values };
-    const routes = [{ name: 'echo', pathPrefix: '/echo/', upstream: fx.echoUrl, ...variant.route }];
+    const routes = [{ name: BENCH_ROUTE, pathPrefix: '/echo/', upstream: fx.echoUrl, ...variant.route }];
     await writeFile(configFile, stringify({ ...sections, routes }));
     const child = await fx.children.spawn({
       name: `zt-gateway (${variant.dir})`,
