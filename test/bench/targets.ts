@@ -2,6 +2,7 @@
 // request-headers factory and a stop(), and, when every request needs headers of its own
 // (DPoP proofs), a pool of them. New targets (a policy route, …) are one more factory
 // here plus one line in run.ts; the runner does not change.
+import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { stringify } from 'yaml';
@@ -66,6 +67,31 @@ export function echoDirect(fx: BenchFixture): Target {
     },
   };
 }
+
+/**
+ * (2b) The same bare proxy, loaded the way the DPoP route is: a fresh `DPoP` header of a
+ * proof's size on every request. autocannon then builds each request instead of resending
+ * one prepared buffer, and on two shared cores that costs the servers throughput; the DPoP
+ * route is also compared with this, so that ratio measures the gateway, not the generator.
+ */
+export function bareProxyPerRequestHeaders(fx: BenchFixture): Target {
+  const bare = bareProxy(fx);
+  return {
+    name: BARE_PER_REQUEST,
+    async start() {
+      const running = await bare.start();
+      return {
+        ...running,
+        async headerPool(count) {
+          // Same length as an ES256 proof with its jwk header; content is irrelevant to this proxy.
+          return new ProofPool(Array.from({ length: count }, () => randomBytes(420).toString('base64url')));
+        },
+      };
+    },
+  };
+}
+
+export const BARE_PER_REQUEST = 'bare proxy, per-request headers';
 
 /** (2) Fastify + @fastify/http-proxy and nothing else: the baseline ratios are taken against. */
 export function bareProxy(fx: BenchFixture): Target {
