@@ -7,6 +7,7 @@
 // is an absent key (never null, never a default — see input.ts on why absence matters).
 // inputFromJson is the boundary for text a person may have edited (a test file, a pasted
 // log line), so it checks every field and names the one that is wrong.
+import { formatPath } from '../config/yaml-path.ts';
 import type { Decision } from './evaluate.ts';
 import type { PolicyInput } from './input.ts';
 import type { Effect } from './schema.ts';
@@ -53,15 +54,8 @@ export class PolicyInputError extends Error {
   }
 }
 
-export function formatJsonPath(path: JsonPath): string {
-  let out = '';
-  for (const segment of path) {
-    if (typeof segment === 'number') out += `[${segment}]`;
-    else if (/^[A-Za-z_$][\w$]*$/.test(segment)) out += out ? `.${segment}` : segment;
-    else out += `[${JSON.stringify(segment)}]`;
-  }
-  return out;
-}
+/** `identity.groups[0]`: the same naming as config and policy file messages. */
+export const formatJsonPath: (path: JsonPath) => string = formatPath;
 
 /** The input as JSON values: Dates become ISO strings, undefined fields disappear. */
 export function inputToJson(input: PolicyInput): unknown {
