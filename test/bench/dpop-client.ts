@@ -30,18 +30,31 @@ export interface DpopClient {
 // that a pool of 50k proofs is not 50k pending promises.
 const MINT_BATCH = 512;
 
-export function createDpopClient(): DpopClient {
+/** ES256 is what most DPoP clients use; RS256 verifies ~5x cheaper (45 vs 210 µs here). */
+export type ProofAlg = 'ES256' | 'RS256';
+
+function deviceKey(alg: ProofAlg): { privateKey: KeyObject; jwk: Record<string, string> } {
+  if (alg === 'RS256') {
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const { e, n } = publicKey.export({ format: 'jwk' });
+    // RFC 7638 §3.2: the required members only, in lexicographic order.
+    return { privateKey, jwk: { e: e!, kty: 'RSA', n: n! } };
+  }
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const { crv, x, y } = publicKey.export({ format: 'jwk' });
-  // RFC 7638 §3.2: the required members only, in lexicographic order.
-  const jkt = createHash('sha256').update(JSON.stringify({ crv, kty: 'EC', x, y })).digest('base64url');
+  return { privateKey, jwk: { crv: crv!, kty: 'EC', x: x!, y: y! } };
+}
+
+export function createDpopClient(alg: ProofAlg = 'ES256'): DpopClient {
+  const { privateKey, jwk } = deviceKey(alg);
+  const jkt = createHash('sha256').update(JSON.stringify(jwk)).digest('base64url');
   // Only the public members: a jwk header with "d" is refused (jwk_private).
-  const header = b64url(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: { kty: 'EC', crv, x, y } }));
+  const header = b64url(JSON.stringify({ typ: 'dpop+jwt', alg, jwk }));
 
   async function mintOne(req: ProofRequest, ath: string): Promise<string> {
     const payload = b64url(JSON.stringify({ htm: req.method, htu: req.htu, iat: Math.floor(Date.now() / 1000), jti: randomUUID(), ath }));
     const signingInput = `${header}.${payload}`;
-    return `${signingInput}.${(await signEs256(privateKey, Buffer.from(signingInput))).toString('base64url')}`;
+    return `${signingInput}.${(await signJws(alg, privateKey, Buffer.from(signingInput))).toString('base64url')}`;
   }
 
   return {
@@ -60,10 +73,11 @@ export function createDpopClient(): DpopClient {
 
 const b64url = (s: string): string => Buffer.from(s).toString('base64url');
 
-/** ES256 as JWS signs it: r‖s (RFC 7518 §3.4), not DER; the callback form runs off the main thread. */
-function signEs256(key: KeyObject, data: Buffer): Promise<Buffer> {
+/** ES256 as JWS signs it: r‖s (RFC 7518 §3.4), not DER; RS256 is PKCS#1 v1.5. The callback form runs off the main thread. */
+function signJws(alg: ProofAlg, key: KeyObject, data: Buffer): Promise<Buffer> {
+  const keyInput = alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' as const } : key;
   return new Promise((resolve, reject) => {
-    sign('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, (err, sig) => (err ? reject(err) : resolve(sig)));
+    sign('sha256', data, keyInput, (err, sig) => (err ? reject(err) : resolve(sig)));
   });
 }
 

@@ -118,6 +118,7 @@ async function main(): Promise<void> {
     gatewayJwt,
     bareProxyPerRequestHeaders,
     gatewayDpop,
+    (fx: BenchFixture) => gatewayDpop(fx, 'RS256'),
     gatewayPolicies,
     gatewayAllowAll,
   ];
@@ -228,6 +229,7 @@ async function main(): Promise<void> {
       `dpop per request under load: ${(1e6 / dpopRps - 1e6 / jwtRps).toFixed(0)} µs (1e6/rps(dpop) − 1e6/rps(jwt))\n` +
       `gateway/bare ratio: ${(jwtRps / baseline).toFixed(2)} (target ≥ 0.85)\n` +
       `gateway dpop/bare ratio: ${(dpopRps / baseline).toFixed(2)}; against the bare proxy loaded with per-request headers like it: ${(dpopRps / summaries.get(BARE_PER_REQUEST)!.reqPerSec).toFixed(2)} (target ≥ 0.50)\n` +
+      `gateway dpop (RS256 proofs)/bare ratio: ${(summaries.get('zt-gateway dpop RS256')!.reqPerSec / baseline).toFixed(2)}\n` +
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} (target ≥ 0.90)\n` +
       `\n${decisions}`,
   );

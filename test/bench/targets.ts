@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import type { Issuer } from '../../src/dev/issuer.ts';
-import { createDpopClient, ProofPool } from './dpop-client.ts';
+import { createDpopClient, ProofPool, type ProofAlg } from './dpop-client.ts';
 import { freePort, waitFor200, type ChildSet, type HeaderPool } from './lib.ts';
 import { allowAllSet, realisticRouteSet } from './policy-sets.ts';
 
@@ -132,11 +132,11 @@ export const DPOP_MAX_AGE_S = 60;
  * htm/htu/iat/ath, jti replay check), the device's posture looked up, and the identity
  * assertion (its signature cached across requests).
  */
-export function gatewayDpop(fx: BenchFixture): Target {
+export function gatewayDpop(fx: BenchFixture, alg: ProofAlg = 'ES256'): Target {
   return {
-    name: 'zt-gateway dpop',
+    name: alg === 'ES256' ? 'zt-gateway dpop' : `zt-gateway dpop ${alg}`,
     async start() {
-      const client = createDpopClient();
+      const client = createDpopClient(alg);
       // Its own token: bound to the device key, so only this target's requests need proofs.
       const token = await fx.issuer.sign({ groups: ['eng'], cnf: { jkt: client.jkt } }, { sub: fx.subject, aud: fx.audience, expiresIn: '1h' });
       const now = new Date().toISOString();
@@ -152,10 +152,10 @@ export function gatewayDpop(fx: BenchFixture): Target {
         ],
       };
       const gateway = await startGateway(fx, {
-        dir: 'dpop',
+        dir: `dpop-${alg}`,
         route: { device: { binding: 'required', requireEnrolled: true } },
         config: {
-          identity: { dpop: { algorithms: ['ES256'], maxAgeS: DPOP_MAX_AGE_S } },
+          identity: { dpop: { algorithms: [alg], maxAgeS: DPOP_MAX_AGE_S } },
           devices: { registry: { file: 'devices.yaml' } },
         },
         files: { 'devices.yaml': stringify(devices) },
