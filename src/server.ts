@@ -114,8 +114,8 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   });
 
   const hooks = {
-    onUpstreamResponse(ctx: RequestContext) {
-      const state = stateOf(ctx);
+    onUpstreamResponse(ctx: RequestContext, request: FastifyRequest) {
+      const state = request.zt;
       if (state) metrics.upstreamDuration.series(ctx.route!.name).observe((performance.now() - state.upstreamStartedAt) / 1000);
     },
     onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply) {
@@ -124,13 +124,11 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       const final = cause instanceof PayloadTooLargeError ? cause : error;
       metrics.upstreamErrors.inc({ route: ctx.route!.name, code: final.code });
       logger.warn({ reqId: ctx.id, route: ctx.route!.name, code: final.code, err: error.cause }, 'upstream error');
-      const state = stateOf(ctx);
+      const state = reply.request.zt;
       if (state) state.error = final;
       sendProblem(reply, ctx.id, final);
     },
   };
-  const states = new WeakMap<RequestContext, RequestState>();
-  const stateOf = (ctx: RequestContext) => states.get(ctx);
 
   // Not async, and returns nothing: Fastify then neither wraps a promise nor awaits the
   // reply's thenable, and a cached-token request runs the pipeline without a microtask hop.
@@ -139,7 +137,6 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     const ctx = newContext(request.raw, request.id, false);
     const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined };
     request.zt = state;
-    states.set(ctx, state);
     const refuse = (err: unknown): void => {
       state.error = err instanceof ZtError ? err : undefined;
       if (!(err instanceof ZtError)) logger.error({ reqId: ctx.id, err }, 'pipeline failed');

@@ -14,7 +14,7 @@ import type { ConfigIssue } from '../config/load.ts';
 import { compileCondition } from './cel.ts';
 import { PolicySchema, type PolicyDocument, type RuleDocument } from './schema.ts';
 import { compileScope, createIndex, type CompiledPolicy, type CompiledRule, type PolicySet } from './set.ts';
-import { parseYaml, schemaIssues, type ParsedYaml, type Path } from './yaml.ts';
+import { parseValidated, type ParsedYaml, type Path } from './yaml.ts';
 
 /** Names defined elsewhere (the gateway config) that obligations and appliesTo may refer to. */
 export interface KnownNames {
@@ -103,13 +103,9 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
   const firstByName = new Map<string, string>();
 
   for (const { file, text } of sorted) {
-    const parsed = parseYaml(text, file);
+    const parsed = parseValidated(text, file, validate);
     if ('issues' in parsed) {
       issues.push(...parsed.issues);
-      continue;
-    }
-    if (!validate(parsed.data)) {
-      issues.push(...schemaIssues(validate.errors ?? [], parsed));
       continue;
     }
     const doc = parsed.data;

@@ -15,7 +15,7 @@ import type { PolicyInput } from './input.ts';
 import type { PolicyFile } from './load.ts';
 import { inputFromJson, PolicyInputError } from './record.ts';
 import type { PolicySet } from './set.ts';
-import { parseYaml, schemaIssues, type ParsedYaml, type Path } from './yaml.ts';
+import { parseValidated, type ParsedYaml, type Path } from './yaml.ts';
 
 /** Written in a test as `rule: default`: denied because no rule allowed, not because one denied. */
 export const DEFAULT_DENY = 'default';
@@ -140,13 +140,9 @@ export function compilePolicyTests(files: readonly PolicyFile[], set: PolicySet)
   };
 
   for (const { file, text } of files) {
-    const parsed = parseYaml(text, file);
+    const parsed = parseValidated(text, file, validate);
     if ('issues' in parsed) {
       issues.push(...parsed.issues);
-      continue;
-    }
-    if (!validate(parsed.data)) {
-      issues.push(...schemaIssues(validate.errors ?? [], parsed));
       continue;
     }
     const names = new Map<string, number>();

@@ -2,7 +2,7 @@
 //
 // Positions come from src/config/yaml-path.ts, shared with the gateway config loader;
 // the messages here are worded for policy authors.
-import type { ErrorObject } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
 import { LineCounter, parseDocument } from 'yaml';
 import type { ConfigIssue } from '../config/load.ts';
 import { formatPath, offsetOf, toPath, type YamlPath } from '../config/yaml-path.ts';
@@ -40,6 +40,14 @@ export function parseYaml(text: string, file: string): ParsedYaml | { issues: Co
     return { issues: [at(0, '', err instanceof Error ? err.message : String(err))] };
   }
   return { data, issue: (path, message, atKey = false) => at(offsetOf(doc, path, atKey), formatPath(path), message) };
+}
+
+/** Parse, then validate against a schema: the data typed, or every issue positioned. */
+export function parseValidated<T>(text: string, file: string, validate: ValidateFunction<T>): (ParsedYaml & { data: T }) | { issues: ConfigIssue[] } {
+  const parsed = parseYaml(text, file);
+  if ('issues' in parsed) return parsed;
+  if (!validate(parsed.data)) return { issues: schemaIssues(validate.errors ?? [], parsed) };
+  return parsed as ParsedYaml & { data: T };
 }
 
 /** Ajv's errors in the words a policy author needs, positioned. */

@@ -1,14 +1,14 @@
 // Stage 8: forward to the route's upstream with @fastify/reply-from (undici pools per
 // origin, bodies streamed both ways). Upstream failures are translated, never leaked:
 // timeout → 504, anything else without a response → 502 (fastify-reply-from lib/errors.js).
-import type { FastifyReply } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { RequestContext } from '../pipeline/context.ts';
 import { UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../pipeline/errors.ts';
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './headers.ts';
 
 export interface ForwardHooks {
   /** Upstream response headers arrived (for the upstream latency histogram). */
-  onUpstreamResponse(ctx: RequestContext): void;
+  onUpstreamResponse(ctx: RequestContext, request: FastifyRequest): void;
   /** No response came; the error is already translated. */
   onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply): void;
 }
@@ -26,8 +26,8 @@ export function forward(reply: FastifyReply, ctx: RequestContext, policy: Forwar
     // not multiply traffic to a struggling service behind the client's back.
     retryDelay: () => null,
     rewriteRequestHeaders: (_request, headers) => upstreamRequestHeaders(ctx, headers.host, policy),
-    rewriteHeaders: (headers) => {
-      hooks.onUpstreamResponse(ctx);
+    rewriteHeaders: (headers, request) => {
+      hooks.onUpstreamResponse(ctx, request as FastifyRequest);
       return clientResponseHeaders(ctx, headers);
     },
     onError: (errReply, { error }) =>
