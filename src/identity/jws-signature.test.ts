@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { CompactSign, exportJWK, generateKeyPair } from 'jose';
 import { importVerificationKey, verifyCompactSignature } from './jws-signature.ts';
 
@@ -19,6 +19,27 @@ describe('JWS signature check (node:crypto)', () => {
       expect(await verifyCompactSignature(`${h}.${p}.`, key)).toBe(false);
     });
   }
+
+  // r||s is turned into DER for node:crypto; r or s with a leading zero byte (1 in 256) or
+  // the top bit set (1 in 2) encode differently in DER, so sign until both have been seen.
+  it('accepts ES256 signatures whatever the shape of r and s, and refuses DER where JWS wants r||s', async () => {
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const key = importVerificationKey(publicKey.export({ format: 'jwk' }) as Record<string, unknown>, 'ES256');
+    const signingInput = `${Buffer.from('{"alg":"ES256"}').toString('base64url')}.${Buffer.from(payload).toString('base64url')}`;
+    const seen = { leadingZero: 0, topBit: 0 };
+    for (let i = 0; i < 5_000 && (seen.leadingZero < 2 || seen.topBit < 2); i++) {
+      const rs = sign('sha256', Buffer.from(signingInput), { key: privateKey, dsaEncoding: 'ieee-p1363' });
+      for (const half of [rs.subarray(0, 32), rs.subarray(32)]) {
+        if (half[0] === 0) seen.leadingZero++;
+        if (half[0]! >= 0x80) seen.topBit++;
+      }
+      expect(await verifyCompactSignature(`${signingInput}.${rs.toString('base64url')}`, key)).toBe(true);
+    }
+    expect(seen.leadingZero).toBeGreaterThanOrEqual(2);
+    expect(seen.topBit).toBeGreaterThanOrEqual(2);
+    const der = sign('sha256', Buffer.from(signingInput), privateKey);
+    expect(await verifyCompactSignature(`${signingInput}.${der.toString('base64url')}`, key)).toBe(false);
+  });
 
   it('refuses a key that cannot serve the algorithm', async () => {
     const p384 = await exportJWK((await generateKeyPair('ES384', { extractable: true })).publicKey);
