@@ -10,7 +10,7 @@
 // Keys are imported once per thumbprint.
 // Failures are DpopProofError with a stable `reason` (logs, metrics, tests) and a
 // `kind` that is the RFC 9449 error code the caller puts in WWW-Authenticate.
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, hash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { decodeProtectedHeader, type JWK } from 'jose';
 import { importVerificationKey, verifyCompactSignature, type VerificationKey } from './jws-signature.ts';
@@ -329,18 +329,18 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     const { proof } = input;
     // §4.3 step 1 (more than one is singleDpopHeader's to catch).
     if (proof === undefined) throw new DpopProofError('missing');
-    if (typeof proof !== 'string' || proof.length > MAX_PROOF_LENGTH || proof.split('.').length !== 3) {
-      throw new DpopProofError('malformed');
-    }
+    if (typeof proof !== 'string' || proof.length > MAX_PROOF_LENGTH) throw new DpopProofError('malformed');
+    const parts = proof.split('.');
+    if (parts.length !== 3) throw new DpopProofError('malformed');
 
-    const { jkt, key } = checkedHeader(proof.slice(0, proof.indexOf('.')));
+    const { jkt, key } = checkedHeader(parts[0]!);
     // Step 12 / §7.1: the proof's key must be the token's. Before the signature, so a
     // proof made with some other key costs no public-key operation.
     if (jkt !== input.expectedJkt) throw new DpopProofError('jkt_mismatch');
     if (!(await verifyCompactSignature(proof, key))) throw new DpopProofError('signature');
     let claims: unknown;
     try {
-      claims = JSON.parse(utf8.decode(Buffer.from(proof.split('.')[1]!, 'base64url')));
+      claims = JSON.parse(utf8.decode(Buffer.from(parts[1]!, 'base64url')));
     } catch (err) {
       throw new DpopProofError('malformed', { cause: err });
     }
@@ -364,7 +364,7 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
     const jti = claims.jti;
     if (typeof jti !== 'string' || jti.length === 0 || jti.length > MAX_JTI_LENGTH) throw new DpopProofError('jti');
     // Step 12 / §7.1: the proof was made for this access token.
-    const ath = createHash('sha256').update(input.accessToken).digest('base64url');
+    const ath = hash('sha256', input.accessToken, 'base64url'); // one-shot: no Hash object per request
     if (claims.ath !== ath) throw new DpopProofError('ath');
     // Step 10.
     if (nonces !== undefined) {

@@ -4,7 +4,7 @@
 // from another tool usually changes the user agent, the client hints or the TLS hello,
 // and the risk stage can weigh that. Every input is client-controlled, so a match proves
 // nothing; only a change is informative.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { LRUCache } from 'lru-cache';
 
@@ -26,7 +26,7 @@ export function passiveFingerprint(headers: IncomingHttpHeaders, tlsFingerprint?
   });
   values.push(tlsFingerprint ?? null);
   // JSON keeps the fields apart: no value can be crafted to shift into its neighbour.
-  return createHash('sha256').update(JSON.stringify(values)).digest('base64url').slice(0, 16);
+  return hash('sha256', JSON.stringify(values), 'base64url').slice(0, 16);
 }
 
 export interface FingerprintObservation {
