@@ -46,9 +46,12 @@ const GATEWAY_ALLOW_ALL = 'zt-gateway jwt+allow-all';
 
 // Header pools (DPoP proofs) are sized from the target's fastest run so far: its rate ×
 // the run's duration × this margin (later rounds run faster than a cold warm-up; other
-// tenants come and go). Before any run of the target, FIRST_POOL. A pool that runs dry
-// makes the gateway refuse the replayed proofs, and the run fails.
+// tenants come and go), and never below BASELINE_SHARE of the bare proxy's fastest rate
+// (a JIT-cold warm-up can run at half the speed of the first round). Before any run of
+// the target, FIRST_POOL. A pool that runs dry makes the gateway refuse the replayed
+// proofs, and the run fails.
 const POOL_MARGIN = 1.5;
+const BASELINE_SHARE = 0.8;
 const FIRST_POOL = 25_000;
 // The verifier microbenchmark: sequential calls, after a warm-up that fills the key cache and JITs the path.
 const VERIFY_OPS = 2_000;
@@ -162,7 +165,8 @@ async function main(): Promise<void> {
     let minted = '';
     if (running.headerPool !== undefined) {
       const rate = fastest.get(name);
-      const count = rate === undefined ? FIRST_POOL : Math.ceil(rate * durationS * POOL_MARGIN) + CONNECTIONS;
+      const floor = (fastest.get(BASELINE) ?? 0) * BASELINE_SHARE;
+      const count = rate === undefined ? FIRST_POOL : Math.ceil(Math.max(rate * POOL_MARGIN, floor) * durationS) + CONNECTIONS;
       const t0 = performance.now();
       pool = await running.headerPool(count, durationS);
       minted = `  (${pool.size} proofs minted in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
