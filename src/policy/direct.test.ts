@@ -217,7 +217,7 @@ function variant(rnd: () => number): PolicyInput {
     const value = pick(ODD);
     // Dates invalid or not are bound only in the declared timestamp fields; a bad one there is another test.
     if (field === 'time' || field === 'auth_time') continue;
-    if (field === 'headers' && (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Date)) continue;
+    if (field === 'headers' && (value === null || typeof value !== 'object' || value instanceof Date)) continue;
     if (value === undefined) delete input[record as keyof Mutable][field!];
     else input[record as keyof Mutable][field!] = value;
   }
@@ -281,6 +281,24 @@ describe('direct.ts answers as @bufbuild/cel does, or not at all', () => {
       const input = source.startsWith('ip_in') ? { ...BASE, request: { ...BASE.request, ip: 'not-an-ip' } } : missing;
       expect(runCondition(c.condition, toBindings(input)), source).toHaveProperty('error');
       expect(c.condition.direct?.(input), source).toBeUndefined();
+    }
+  });
+
+  // A caller in process could hand over shapes toPolicyInput never builds. CEL binds a
+  // record with Object.entries: an array becomes the map {"0": …}, a non-enumerable
+  // property is not there. Reading either differently turned a deny into an allow.
+  it('sees a record given as an array, or with a hidden property, as CEL does', () => {
+    const hidden = Object.defineProperty({}, 'x-internal', { value: '1', enumerable: false });
+    for (const headers of [['x-internal'], hidden]) {
+      const input = { ...BASE, request: { ...BASE.request, headers } } as unknown as PolicyInput;
+      for (const source of ['"x-internal" in request.headers', 'has(request.headers.x_internal)', 'request.headers["x-internal"] == "1"']) {
+        const c = compileCondition(source);
+        if (!c.ok) throw new Error(source);
+        const expected = runCondition(c.condition, toBindings(input));
+        expect(expected, source).not.toBe(true);
+        const got = c.condition.direct?.(input);
+        if (got !== undefined) expect(got, source).toBe(expected);
+      }
     }
   });
 

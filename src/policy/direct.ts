@@ -30,8 +30,9 @@
 //   timestamp fields, a helper that throws. Where @bufbuild/cel would report an error
 //   this path is therefore always unsure, so errors, their messages and the zero-trust
 //   reading of them all come from @bufbuild/cel.
-// - Fields are own properties only (hasOwnProperty, as Object.entries in input.ts): a
-//   polluted Object.prototype cannot supply a missing `device.enrolled`.
+// - Fields are own enumerable properties only (propertyIsEnumerable: exactly what
+//   Object.entries in input.ts sees): a polluted Object.prototype cannot supply a missing
+//   `device.enrolled`, and a hidden property is as absent here as it is to CEL.
 // - direct.test.ts runs the conditions of the shipped policies, of the benchmark and a
 //   set of awkward ones over many inputs both ways, and requires the same answers.
 import type { parse } from '@bufbuild/cel';
@@ -126,7 +127,8 @@ function value(v: unknown, kind: Kind): Value {
       return v;
     case 'object':
       if (v === null) return unsure();
-      if (Array.isArray(v)) return v;
+      // A record (request.headers, device.posture) is a map to CEL even when given as an array.
+      if (Array.isArray(v)) return kind === RECORD ? unsure() : v;
       if (v instanceof Date) {
         // An invalid Date makes toBindings() throw for the whole decision, and
         // decisionScope() keeps that; here it is simply not handled.
@@ -190,7 +192,7 @@ const SMALL_INTS: readonly bigint[] = Array.from({ length: 24 }, (_, n) => BigIn
 
 /** What the generated code can call, by these names. */
 const RUNTIME = {
-  hasOwn: Object.prototype.hasOwnProperty,
+  hasOwn: Object.prototype.propertyIsEnumerable,
   U: unsure,
   /** A variable, request.headers or device.posture: a record. */
   R: (v: unknown): Map_ => (isRecord(v) ? v : unsure()),
@@ -211,10 +213,10 @@ const RUNTIME = {
   IL: inList,
   /** `x in container`: a list, or a map and a string key; other key types are for @bufbuild/cel. */
   IN: (x: Value, container: Value, containerKind: Kind): boolean => {
-    if (Array.isArray(container)) return inList(x, container);
+    if (Array.isArray(container)) return containerKind === RECORD ? unsure() : inList(x, container);
     if (typeof x !== 'string') return unsure();
     const map = containerKind === RECORD ? RUNTIME.R(container) : RUNTIME.P(container);
-    return Object.prototype.hasOwnProperty.call(map, x) && presentValue(map[x], PLAIN);
+    return Object.prototype.propertyIsEnumerable.call(map, x) && presentValue(map[x], PLAIN);
   },
   // The helpers as cel.ts registers them with @bufbuild/cel: the same functions and
   // argument types, hour and weekday as CEL ints.
