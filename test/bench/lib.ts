@@ -1,7 +1,8 @@
 // Shared parts of the benchmark harness: child processes that announce readiness with a
 // JSON line and are always killed by PID, a bounded autocannon run, and medians. Nothing
 // here knows about the gateway; targets (targets.ts) and the runner (run.ts) do.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -164,6 +165,31 @@ export async function waitFor200(url: string, opts: { timeoutMs?: number; child?
     await sleep(100);
   }
   throw new Error(`${url} not ready in time (last: ${last})${opts.child ? `\n${opts.child.stderrTail()}` : ''}`);
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU
+
+let clockTicksPerSecond: number | undefined;
+
+/**
+ * CPU time (user + system, every thread) process `pid` has used so far, in µs, from
+ * /proc/PID/stat; undefined where there is no /proc (not Linux) or the process is gone.
+ * Requests/s on two shared cores swing with the neighbours; CPU per request swings less,
+ * and it says where the cost is (gateway, upstream, load generator).
+ */
+export function processCpuMicros(pid: number): number | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // Fields after the command name, which is in parentheses and may itself hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  clockTicksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  // proc(5): utime and stime are fields 14 and 15, so 11 and 12 counted from field 3 (state).
+  return ((Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond) * 1e6;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,14 +3,17 @@
 // core (a JWT route), of its full device-trust path (DPoP-bound token, proof on every
 // request, enrolled device), and of the JWT route with policies on (a realistic set for
 // the route, and a single allow-all rule) against a bare Fastify proxy and the upstream
-// itself. Targets run interleaved (1,2,3,…,1,2,3,…) so drift on a shared machine
-// (thermal, other tenants) hits all of them alike; each target's median round is
-// reported. On a 2-core box autocannon competes with the servers for CPU, so absolute
+// itself. Targets run interleaved, each round starting one target later than the last
+// (1,2,3,…; 2,3,…,1; …), so drift on a shared machine (thermal, other tenants) hits all of
+// them alike and no target always follows the same neighbour; each target's median round
+// is reported. On a 2-core box autocannon competes with the servers for CPU, so absolute
 // req/s mean little and the ratios are the numbers to watch: to the bare proxy, and
-// policies to allow-all. DPoP proofs are minted before each run, not during it (see
-// dpop-client.ts), and the verifier's in-process cost is measured apart.
+// policies to allow-all. Beside them, each server process's CPU time per request (all
+// its threads, from /proc), which swings less than req/s. DPoP proofs are minted before
+// each run, not during it (see dpop-client.ts), and the verifier's in-process cost is
+// measured apart.
 //
-//   npm run bench [-- --rounds 3 --duration 8 --warmup 4 --connections 50]
+//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50]
 //
 // Exit 1 if any response was not 2xx or any request failed; the ratios are reported, not
 // enforced (one noisy run on a laptop should not fail anything).
@@ -21,7 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createIssuer } from '../../src/dev/issuer.ts';
 import { measureDpopVerify } from './dpop-client.ts';
-import { ChildSet, formatTable, median, problemsOf, runLoad, summarize, type HeaderPool, type LoadResult } from './lib.ts';
+import { ChildSet, formatTable, median, problemsOf, processCpuMicros, runLoad, summarize, type HeaderPool, type LoadResult } from './lib.ts';
 import { formatDecisionResults, measurePolicyDecisions } from './policy-decisions.ts';
 import {
   bareProxy,
@@ -63,9 +66,10 @@ const DECISIONS = { rounds: 5, decisions: 20_000, warmup: 20_000 };
 
 const { values: flags } = parseArgs({
   options: {
-    rounds: { type: 'string', default: '3' },
-    // 6 targets × (4 + 3 × 8) s keeps the whole run near 4 minutes.
-    duration: { type: 'string', default: '8' },
+    // Five short rounds rather than three long ones: the per-round ratios' median is what
+    // resists a neighbour's burst. 8 targets × (4 + 5 × 6) s, plus minting proofs: ~6 minutes.
+    rounds: { type: 'string', default: '5' },
+    duration: { type: 'string', default: '6' },
     warmup: { type: 'string', default: '4' },
     connections: { type: 'string', default: '50' },
   },
@@ -85,6 +89,9 @@ const CONNECTIONS = positiveInt('connections', flags.connections);
 const PIPELINING = 1;
 
 class BenchFailure extends Error {}
+
+/** One measured run: autocannon's figures and the serving process's CPU time per response (undefined without /proc). */
+type RoundResult = LoadResult & { readonly cpuUsPerRequest: number | undefined };
 
 const children = new ChildSet();
 let tmpDir: string | undefined;
@@ -142,7 +149,7 @@ async function main(): Promise<void> {
   const audience = 'zt-gateway';
   const subject = 'bench';
   const token = await issuer.sign({ groups: ['eng'] }, { sub: subject, aud: audience, expiresIn: '1h' });
-  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), issuer, audience, token, subject, tmpDir };
+  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), echoPid: echo.pid, issuer, audience, token, subject, tmpDir };
 
   const started: { target: Target; running: RunningTarget }[] = [];
   for (const make of targets) {
@@ -160,7 +167,7 @@ async function main(): Promise<void> {
 
   // Per target, the highest responses/s seen so far: what its next header pool is sized on.
   const fastest = new Map<string, number>();
-  const load = async (name: string, running: RunningTarget, durationS: number, what: string): Promise<LoadResult> => {
+  const load = async (name: string, running: RunningTarget, durationS: number, what: string): Promise<RoundResult> => {
     let pool: HeaderPool | undefined;
     let minted = '';
     if (running.headerPool !== undefined) {
@@ -171,6 +178,7 @@ async function main(): Promise<void> {
       pool = await running.headerPool(count, durationS);
       minted = `  (${pool.size} proofs minted in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
     }
+    const cpuBefore = processCpuMicros(running.pid);
     const result = await runLoad({
       url: running.url,
       headers: await running.headers(),
@@ -180,6 +188,8 @@ async function main(): Promise<void> {
       title: name,
       perRequestHeaders: pool && (() => pool.next()),
     });
+    const cpuAfter = processCpuMicros(running.pid);
+    const cpuUsPerRequest = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / result.responses;
     const problems = problemsOf(result);
     if (pool !== undefined && pool.overrun > 0) {
       throw new BenchFailure(
@@ -190,17 +200,19 @@ async function main(): Promise<void> {
     if (problems !== undefined) throw new BenchFailure(`${name}, ${what}: ${problems}`);
     fastest.set(name, Math.max(fastest.get(name) ?? 0, result.responses / durationS));
     if (pool !== undefined) minted += `, ${pool.used} used)`;
-    log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms${minted}`);
+    const cpu = cpuUsPerRequest === undefined ? '' : `  ${cpuUsPerRequest.toFixed(0)} µs CPU/req`;
+    log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms${cpu}${minted}`);
     // Let the last run's sockets close before the next target's run starts.
     await sleep(250);
-    return result;
+    return { ...result, cpuUsPerRequest };
   };
 
   for (const { target, running } of started) await load(target.name, running, WARMUP_S, 'warm-up');
 
-  const results = new Map<string, LoadResult[]>(started.map(({ target }) => [target.name, []]));
+  const results = new Map<string, RoundResult[]>(started.map(({ target }) => [target.name, []]));
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const { target, running } of started) {
+    const shift = (round - 1) % started.length;
+    for (const { target, running } of [...started.slice(shift), ...started.slice(0, shift)]) {
       results.get(target.name)!.push(await load(target.name, running, DURATION_S, `round ${round}`));
     }
   }
@@ -213,12 +225,19 @@ async function main(): Promise<void> {
 
   const summaries = new Map([...results].map(([name, rounds]) => [name, summarize(rounds)]));
   const baseline = summaries.get(BASELINE)!.reqPerSec;
+  // Median CPU µs per request of a target's server process; '–' without /proc.
+  const cpuOf = (name: string): number | undefined => {
+    const values = results.get(name)!.flatMap((r) => (r.cpuUsPerRequest === undefined ? [] : [r.cpuUsPerRequest]));
+    return values.length === 0 ? undefined : median(values);
+  };
+  const cpuText = (name: string): string => cpuOf(name)?.toFixed(0) ?? '–';
   const rows = [...summaries].map(([name, s]) => [
     name,
     s.reqPerSec.toFixed(0),
     s.p50Ms.toFixed(1),
     s.p99Ms.toFixed(1),
     (s.reqPerSec / baseline).toFixed(2),
+    cpuText(name),
     s.rounds.map((r) => r.reqPerSec.toFixed(0)).join(' / '),
   ]);
   const responses = [...results.values()].flat().reduce((n, r) => n + r.responses, 0);
@@ -235,7 +254,7 @@ async function main(): Promise<void> {
     return median(a.map((r, i) => r.reqPerSec / b[i]!.reqPerSec)).toFixed(2);
   };
   process.stdout.write(
-    `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'req/s per round'], rows)}\n\n` +
+    `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'CPU µs/req', 'req/s per round'], rows)}\n\n` +
       `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n` +
       `dpop verify: ${verifyUs.toFixed(0)} µs/op (in process, ${VERIFY_OPS} sequential verify() calls, memory replay cache)\n` +
       `dpop per request under load: ${(1e6 / dpopRps - 1e6 / jwtRps).toFixed(0)} µs (1e6/rps(dpop) − 1e6/rps(jwt))\n` +
@@ -244,6 +263,8 @@ async function main(): Promise<void> {
       `gateway dpop/bare ratio: ${(dpopRps / baseline).toFixed(2)} / ${perRound(GATEWAY_DPOP, BASELINE)}; against the bare proxy loaded with per-request headers like it: ${(dpopRps / summaries.get(BARE_PER_REQUEST)!.reqPerSec).toFixed(2)} / ${perRound(GATEWAY_DPOP, BARE_PER_REQUEST)} (target ≥ 0.50)\n` +
       `gateway dpop (RS256 proofs)/bare ratio: ${(summaries.get('zt-gateway dpop RS256')!.reqPerSec / baseline).toFixed(2)} / ${perRound('zt-gateway dpop RS256', BASELINE)}\n` +
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} / ${perRound(GATEWAY_POLICIES, GATEWAY_ALLOW_ALL)} (target ≥ 0.90)\n` +
+      `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
+      `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and autocannon use the rest of the 2 cores\n` +
       `\n${decisions}`,
   );
 }

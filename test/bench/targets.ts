@@ -14,6 +14,8 @@ import { allowAllSet, realisticRouteSet } from './policy-sets.ts';
 export interface RunningTarget {
   /** Full URL autocannon requests, path included. */
   readonly url: string;
+  /** The process serving `url` (the gateway, the bare proxy, the echo): its CPU per request is reported. */
+  readonly pid: number;
   /** Called once before every load run: the headers every request of the run carries. */
   headers(): Record<string, string> | Promise<Record<string, string>>;
   /**
@@ -36,6 +38,7 @@ export interface BenchFixture {
   readonly children: ChildSet;
   /** Origin of the echo upstream, e.g. http://127.0.0.1:41234. */
   readonly echoUrl: string;
+  readonly echoPid: number;
   readonly issuer: Issuer;
   /** Audience the gateway's issuer accepts. */
   readonly audience: string;
@@ -63,7 +66,7 @@ export function echoDirect(fx: BenchFixture): Target {
     name: 'echo direct',
     async start() {
       // Already running: it is the shared upstream, started (and stopped) by the runner.
-      return { url: fx.echoUrl + BENCH_PATH, headers: bearer(fx), stop: async () => {} };
+      return { url: fx.echoUrl + BENCH_PATH, pid: fx.echoPid, headers: bearer(fx), stop: async () => {} };
     },
   };
 }
@@ -107,6 +110,7 @@ export function bareProxy(fx: BenchFixture): Target {
       });
       return {
         url: String(child.readyLine.url) + BENCH_PATH,
+        pid: child.pid,
         headers: bearer(fx),
         stop: () => fx.children.stop(child.pid),
       };
@@ -120,7 +124,7 @@ export function gatewayJwt(fx: BenchFixture): Target {
     name: 'zt-gateway jwt',
     async start() {
       const gateway = await startGateway(fx, { dir: 'jwt' });
-      return { url: gateway.url, headers: bearer(fx), stop: gateway.stop };
+      return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
     },
   };
 }
@@ -165,6 +169,7 @@ export function gatewayDpop(fx: BenchFixture, alg: ProofAlg = 'ES256'): Target {
       const proofRequest = { method: 'GET', htu: gateway.url, accessToken: token };
       return {
         url: gateway.url,
+        pid: gateway.pid,
         headers: () => ({ authorization: `DPoP ${token}` }),
         async headerPool(count, durationS) {
           const t0 = Date.now();
@@ -207,7 +212,7 @@ function policyTarget(fx: BenchFixture, name: string, dir: string, files: readon
         config: { policies: { dir: 'policies', decisionLog: { allowSampleRate: 0.01 } } },
         files: Object.fromEntries(files.map((f) => [join('policies', f.file), f.text])),
       });
-      return { url: gateway.url, headers: bearer(fx), stop: gateway.stop };
+      return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
     },
   };
 }
@@ -228,7 +233,7 @@ interface GatewayVariant {
  * production does. Every gateway target is one of these: they differ only in what the
  * variant adds, so their numbers compare like for like.
  */
-async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<{ url: string; stop(): Promise<void> }> {
+async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
   // A directory each: a gateway reads (and may watch) files next to its config.
   const dir = join(fx.tmpDir, variant.dir);
   await mkdir(dir, { recursive: true });
@@ -278,6 +283,6 @@ async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<
       if (attempt < 3 && /EADDRINUSE/.test(child.stderrTail())) continue;
       throw err;
     }
-    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, stop: () => fx.children.stop(child.pid) };
+    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, pid: child.pid, stop: () => fx.children.stop(child.pid) };
   }
 }
