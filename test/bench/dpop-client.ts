@@ -3,7 +3,7 @@
 //
 // Signing a proof costs ~150 µs here, more than the gateway spends on a whole request, so
 // it never happens in the load generator's hot loop: a pool is minted before each run and
-// autocannon takes one proof per request from it (see ProofPool). Proofs are signed with
+// autocannon sends each once (see proofPool and runLoad). Proofs are signed with
 // node:crypto (ieee-p1363, as JWS wants) on the libuv pool, a batch at a time: about half
 // the cost of jose's CompactSign here, and both cores are used while the servers idle.
 import { createHash, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
@@ -81,39 +81,9 @@ function signJws(alg: ProofAlg, key: KeyObject, data: Buffer): Promise<Buffer> {
   });
 }
 
-/**
- * One proof per request, each used once: the gateway refuses a jti it has seen. When the
- * pool runs dry it keeps handing out its last proof rather than stalling autocannon; the
- * gateway answers those 401 (jti_replay), the run has non-2xx responses and fails, and
- * `overrun` says why.
- */
-export class ProofPool implements HeaderPool {
-  readonly #proofs: readonly string[];
-  #used = 0;
-
-  constructor(proofs: readonly string[]) {
-    if (proofs.length === 0) throw new RangeError('empty proof pool');
-    this.#proofs = proofs;
-  }
-
-  get size(): number {
-    return this.#proofs.length;
-  }
-
-  /** Proofs handed out, overrun included. */
-  get used(): number {
-    return this.#used;
-  }
-
-  /** Requests that got an already-used proof because the pool was empty. */
-  get overrun(): number {
-    return Math.max(0, this.#used - this.#proofs.length);
-  }
-
-  next(): Record<string, string> {
-    const i = Math.min(this.#used++, this.#proofs.length - 1);
-    return { dpop: this.#proofs[i]! };
-  }
+/** One `DPoP` header per request, each to be sent once: the gateway refuses a jti it has seen (see runLoad). */
+export function proofPool(proofs: readonly string[]): HeaderPool {
+  return { sets: proofs.map((dpop) => ({ dpop })) };
 }
 
 /**

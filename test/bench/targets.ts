@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import type { Issuer } from '../../src/dev/issuer.ts';
-import { createDpopClient, ProofPool, type ProofAlg } from './dpop-client.ts';
+import { createDpopClient, proofPool, type ProofAlg } from './dpop-client.ts';
 import { freePort, waitFor200, type ChildSet, type HeaderPool } from './lib.ts';
 import { allowAllSet, realisticRouteSet } from './policy-sets.ts';
 
@@ -73,9 +73,9 @@ export function echoDirect(fx: BenchFixture): Target {
 
 /**
  * (2b) The same bare proxy, loaded the way the DPoP route is: a fresh `DPoP` header of a
- * proof's size on every request. autocannon then builds each request instead of resending
- * one prepared buffer, and on two shared cores that costs the servers throughput; the DPoP
- * route is also compared with this, so that ratio measures the gateway, not the generator.
+ * proof's size on every request, from a pool prepared like the proofs. The DPoP route is
+ * also compared with this, so that ratio measures the gateway, not the bytes on the wire
+ * or how the generator sends them.
  */
 export function bareProxyPerRequestHeaders(fx: BenchFixture): Target {
   const bare = bareProxy(fx);
@@ -87,9 +87,9 @@ export function bareProxyPerRequestHeaders(fx: BenchFixture): Target {
         ...running,
         async headerPool(count) {
           // Same length as an ES256 proof with its jwk header; content is irrelevant to this proxy.
-          // Three times the estimate: these cost nothing to make, and the bare proxy often runs
+          // Twice the estimate: these cost nothing to make, and the bare proxy often runs
           // faster than the warm-up it was estimated from (an overrun fails the run).
-          return new ProofPool(Array.from({ length: count * 3 }, () => randomBytes(420).toString('base64url')));
+          return proofPool(Array.from({ length: count * 2 }, () => randomBytes(420).toString('base64url')));
         },
       };
     },
@@ -173,7 +173,7 @@ export function gatewayDpop(fx: BenchFixture, alg: ProofAlg = 'ES256'): Target {
         headers: () => ({ authorization: `DPoP ${token}` }),
         async headerPool(count, durationS) {
           const t0 = Date.now();
-          const pool = new ProofPool(await client.mint(count, proofRequest));
+          const pool = proofPool(await client.mint(count, proofRequest));
           // The first proof is the oldest; it must still be fresh when the run ends.
           const ageAtEndS = (Date.now() - t0) / 1000 + durationS;
           if (ageAtEndS > DPOP_MAX_AGE_S - 5) {
