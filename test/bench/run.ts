@@ -68,7 +68,7 @@ const DECISIONS = { rounds: 5, decisions: 20_000, warmup: 20_000 };
 const { values: flags } = parseArgs({
   options: {
     // Five short rounds rather than three long ones: the per-round ratios' median is what
-    // resists a neighbour's burst. 8 targets × (4 + 5 × 6) s, plus minting proofs: ~6 minutes.
+    // resists a neighbour's burst. 8 targets × (4 + 5 × 6) s, plus minting proofs (RS256 is slow to sign): ~8 minutes.
     rounds: { type: 'string', default: '5' },
     duration: { type: 'string', default: '6' },
     warmup: { type: 'string', default: '4' },
