@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
 import { largeSet, realisticRouteSet } from '../../test/bench/policy-sets.ts';
+import { random } from '../../test/helpers/random.ts';
 import { compileCondition, runCondition, type CompiledCondition } from './cel.ts';
 import { createEvaluator, type Decision } from './evaluate.ts';
 import { toBindings, type PolicyInput } from './input.ts';
@@ -117,17 +118,6 @@ const BASE: PolicyInput = {
   },
   risk: { score: 0.12, flagged: false, top_features: ['hour', 'bytes'], model_version: 'v3' },
 };
-
-/** A deterministic source of choices (mulberry32), so a failure reproduces. */
-function random(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Mutable = { -readonly [K in keyof PolicyInput]: Record<string, unknown> };
 

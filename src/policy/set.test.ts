@@ -3,17 +3,8 @@
 // two over random sets large enough that buckets are indexed again inside (a route with
 // many policies for other prefixes, hosts or methods), and over random requests.
 import { describe, it, expect } from 'vitest';
+import { random } from '../../test/helpers/random.ts';
 import { applies, compileScope, createIndex, type CompiledPolicy, type RequestKey } from './set.ts';
-
-function random(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const ROUTES = ['code', 'payroll', 'wiki', 'ci'];
 const HOSTS = ['code.example.com', 'hr.example.com', '*.example.com', '*.corp.example.com', 'a.corp.example.com', '*'];
