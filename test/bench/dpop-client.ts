@@ -83,7 +83,7 @@ function signJws(alg: ProofAlg, key: KeyObject, data: Buffer): Promise<Buffer> {
 
 /** One `DPoP` header per request, each to be sent once: the gateway refuses a jti it has seen (see runLoad). */
 export function proofPool(proofs: readonly string[]): HeaderPool {
-  return { sets: proofs.map((dpop) => ({ dpop })) };
+  return { sets: proofs.map((dpop) => ({ dpop })), singleUse: true };
 }
 
 /**

@@ -252,6 +252,8 @@ export interface LoadOptions {
 /** Headers prepared ahead of a run, one set per request (see RunningTarget.headerPool). */
 export interface HeaderPool {
   readonly sets: readonly Record<string, string>[];
+  /** Each set may be sent once (DPoP proofs): a connection that runs out is an `overrun` and fails the run. Otherwise sets are re-sent in turn. */
+  readonly singleUse: boolean;
 }
 
 export interface LoadResult {
@@ -265,7 +267,7 @@ export interface LoadResult {
   /** Connection errors, timeouts included. */
   readonly errors: number;
   readonly statusCodes: Record<string, number>;
-  /** With a header pool: requests sent after their connection's share of it was used up (each re-sent a set). */
+  /** With a header pool: requests sent after their connection's share of it was used up (each re-sent a set; only a single-use pool's caller cares). */
   readonly overrun: number;
 }
 
@@ -279,8 +281,9 @@ export function runLoad(opts: LoadOptions): Promise<LoadResult> {
   // serialised by autocannon before the run starts; it then resends prepared bytes, as
   // for a fixed request. (A setupRequest rebuilt every request in autocannon's hot loop:
   // ~25 µs of load-generator CPU per request, on the two cores the servers use too.) A
-  // connection that has sent its whole share starts over from its first set, so those
-  // are counted: a gateway refuses a proof it has seen, and the run must say why.
+  // connection that has sent its whole share starts over from its first set; for a
+  // single-use pool those are counted: a gateway refuses a proof it has seen, and the run
+  // must say why.
   const shares = opts.headerPool === undefined ? undefined : split(opts.headerPool.sets, opts.connections);
   let overrun = 0;
   let clientsSetUp = 0;
