@@ -1,5 +1,4 @@
-#!/usr/bin/env node
-// ztgw: the gateway's command line. Exit codes: 0 ok, 1 runtime failure, 2 bad input
+// ztgw: the gateway's command line (entry: ztgw.ts). Exit codes: 0 ok, 1 runtime failure, 2 bad input
 // (invalid config or arguments), so scripts and CI can tell a typo from an outage.
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,7 +29,7 @@ const USAGE = `usage: ztgw <command> [options]
 
 class UsageError extends Error {}
 
-function fail(err: unknown): never {
+export function fail(err: unknown): never {
   if (err instanceof ConfigError) {
     for (const issue of err.issues) process.stderr.write(`${formatIssue(issue)}\n`);
     process.exit(2);
@@ -132,7 +131,7 @@ async function token(args: string[]): Promise<void> {
   process.stdout.write(`${jwt}\n`);
 }
 
-async function main(argv: string[]): Promise<void> {
+export async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;
   switch (command) {
     case 'serve':
@@ -159,4 +158,3 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-main(process.argv.slice(2)).catch(fail);

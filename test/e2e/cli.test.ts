@@ -1,8 +1,8 @@
 // The ztgw command as an operator runs it: real processes, real signals, exit codes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer } from '../../src/dev/issuer.ts';
@@ -122,6 +122,39 @@ describe('ztgw serve', () => {
     const res = await inFlight;
     expect(res.status).toBe(200);
     expect(await exited).toBe(0);
+  });
+});
+
+// libuv's pool checks DPoP signatures: one thread per core, at least 2, unless the
+// operator chose (src/cli/thread-pool.ts). Its threads are named, so /proc shows them.
+describe.runIf(process.platform === 'linux')('ztgw serve: libuv thread pool', () => {
+  const poolThreads = (pid: number): number =>
+    readdirSync(`/proc/${pid}/task`).filter((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'libuv-worker').length;
+
+  async function poolOf(env: NodeJS.ProcessEnv): Promise<number> {
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const file = join(dir, `pool-${port}.yaml`);
+    writeFileSync(file, goodConfig(port, adminPort));
+    const child = startZtgw(['serve', '--config', file], env);
+    const exited = exitOf(child);
+    try {
+      await waitReady(`http://127.0.0.1:${adminPort}`, child);
+      // One proxied request: whatever the pool is for, it has started by then.
+      const token = await idp.sign({}, { sub: 'alice', aud: 'zt-gateway' });
+      expect((await rawRequest(`http://127.0.0.1:${port}`, '/echo/x', { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+      return poolThreads(child.pid!);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+    }
+  }
+
+  it('has one thread per core, never fewer than 2', async () => {
+    expect(await poolOf({ UV_THREADPOOL_SIZE: '' })).toBe(Math.max(2, availableParallelism()));
+  });
+
+  it("keeps the operator's UV_THREADPOOL_SIZE", async () => {
+    expect(await poolOf({ UV_THREADPOOL_SIZE: '3' })).toBe(3);
   });
 });
 
