@@ -90,6 +90,24 @@ export async function openRegistry(
   return { ...registry, close: async () => (await registry.close(), client.disconnect()) };
 }
 
+/**
+ * A full in-memory replay cache forgets live jtis: a metric for every one, and a log line
+ * at the 1st, 10th, 100th… so a sustained overflow is visible without a line per request.
+ */
+function earlyEvictionReporter(maxEntries: number, logger: Logger, metrics: GatewayMetrics): (info: { remainingMs: number }) => void {
+  let count = 0;
+  let nextLogAt = 1;
+  return ({ remainingMs }) => {
+    metrics.replayEarlyEvictions.inc();
+    if (++count < nextLogAt) return;
+    nextLogAt *= 10;
+    logger.warn(
+      { evicted: count, remainingMs: Math.round(remainingMs), maxEntries },
+      'DPoP replay cache full: forgot jtis still inside their window, so those proofs could be replayed; raise identity.dpop.replayCacheMaxEntries or use Redis',
+    );
+  };
+}
+
 export async function createServices(config: Config, configDir: string, logger: Logger, metrics: GatewayMetrics): Promise<Services> {
   const redis = config.redis === undefined ? undefined : connectRedis(config.redis, logger, metrics);
   const registry = await openRegistry(config, configDir, redis, {
@@ -102,7 +120,10 @@ export async function createServices(config: Config, configDir: string, logger: 
   });
   const replayCache =
     redis === undefined
-      ? createMemoryReplayCache({ maxEntries: config.identity.dpop.replayCacheMaxEntries })
+      ? createMemoryReplayCache({
+          maxEntries: config.identity.dpop.replayCacheMaxEntries,
+          onEarlyEviction: earlyEvictionReporter(config.identity.dpop.replayCacheMaxEntries, logger, metrics),
+        })
       : createRedisReplayCache({ redis, prefix: 'ztgw:dpop:jti:', timeoutMs: config.redis!.commandTimeoutMs });
   let policies: PolicySource | undefined;
   try {

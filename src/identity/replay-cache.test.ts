@@ -59,7 +59,7 @@ describe('memory replay cache', () => {
 
   it('counts and reports a live entry evicted before its ttl, the replay it opens', async () => {
     let now = 0;
-    const early: { key: string; remainingMs: number }[] = [];
+    const early: { remainingMs: number }[] = [];
     const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now, onEarlyEviction: (e) => early.push(e) });
     await cache.checkAndRemember('a', 1000);
     now = 100;
@@ -67,7 +67,7 @@ describe('memory replay cache', () => {
     await cache.checkAndRemember('c', 1000);
     expect(cache.size).toBe(2);
     expect(cache.earlyEvictions).toBe(1);
-    expect(early).toEqual([{ key: 'a', remainingMs: 900 }]);
+    expect(early).toEqual([{ remainingMs: 900 }]);
     // This is the hazard maxEntries must be sized against: 'a' is replayable inside its window.
     expect(await cache.checkAndRemember('a', 1000)).toBe(true);
   });
@@ -96,6 +96,30 @@ describe('memory replay cache', () => {
     // 'a' was the oldest and went first, although it was the most recently looked up.
     expect(await cache.checkAndRemember('b', 1000)).toBe(false);
     expect(cache.earlyEvictions).toBe(1);
+  });
+
+  it('drops expired entries as new ones arrive: it holds the live window, not everything ever seen', async () => {
+    let now = 0;
+    const cache = createMemoryReplayCache({ maxEntries: 1000, now: () => now });
+    for (let i = 0; i < 100; i++) await cache.checkAndRemember(`old-${i}`, 1000);
+    now = 500;
+    for (let i = 0; i < 50; i++) await cache.checkAndRemember(`mid-${i}`, 1000);
+    expect(cache.size).toBe(150);
+    now = 1200; // the first 100 have expired, the next 50 have not
+    await cache.checkAndRemember('new', 1000);
+    expect(cache.size).toBe(51);
+    expect(await cache.checkAndRemember('mid-0', 1000)).toBe(false);
+    expect(await cache.checkAndRemember('old-0', 1000)).toBe(true);
+    expect(cache.earlyEvictions).toBe(0);
+  });
+
+  it('tells keys apart however long and however alike (it remembers digests, not keys)', async () => {
+    const cache = createMemoryReplayCache({ maxEntries: 1000 });
+    const stem = `${'j'.repeat(43)}:${'x'.repeat(250)}`;
+    expect(await cache.checkAndRemember(`${stem}a`, 10_000)).toBe(true);
+    expect(await cache.checkAndRemember(`${stem}b`, 10_000)).toBe(true);
+    expect(await cache.checkAndRemember(`${stem}a`, 10_000)).toBe(false);
+    expect(await cache.checkAndRemember(`a${stem}`, 10_000)).toBe(true);
   });
 
   it('refuses an unbounded or nonsensical size', () => {

@@ -19,6 +19,7 @@ export interface GatewayMetrics {
   readonly authFailures: Counter<'reason'>;
   readonly configReloads: Counter<'result'>;
   readonly dependencyErrors: Counter<'dependency'>;
+  readonly replayEarlyEvictions: Counter;
   readonly policyDecisions: LeanCounter<'effect'>;
   readonly policyRuleErrors: LeanCounter<'policy' | 'rule'>;
   readonly policyReloads: Counter<'result'>;
@@ -67,6 +68,11 @@ export function createMetrics(): GatewayMetrics {
       name: 'ztgw_dependency_errors_total',
       help: 'Errors talking to a dependency (redis, device registry); requests needing it fail closed.',
       labelNames: ['dependency'],
+      registers,
+    }),
+    replayEarlyEvictions: new Counter({
+      name: 'ztgw_dpop_replay_early_evictions_total',
+      help: 'DPoP jti entries the in-memory replay cache forgot before their window ended because it was full: each is a proof that could be replayed. Raise identity.dpop.replayCacheMaxEntries or use Redis.',
       registers,
     }),
     policyDecisions: new LeanCounter({

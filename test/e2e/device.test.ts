@@ -220,6 +220,26 @@ describe('DPoP-bound tokens (RFC 9449)', () => {
   });
 });
 
+describe('the in-memory replay cache (no Redis)', () => {
+  it('counts the jtis a full cache forgets inside their window, and still refuses a replay it remembers', async () => {
+    const gw = await startTestGateway(gatewayConfig({ identity: { issuers: [issuerConfig()], dpop: { replayCacheMaxEntries: 1000 } } }));
+    try {
+      const device = await dpopKeyPair('ES256');
+      const token = await oidc.dpopBoundToken(device, { sub: 'alice' });
+      const metric = async () => /^ztgw_dpop_replay_early_evictions_total (\d+)$/m.exec((await rawRequest(gw.adminUrl, '/metrics')).text)?.[1];
+      for (let i = 0; i < 1000; i++) expect((await dpopCall(gw, '/bound/x', token, device)).status).toBe(200);
+      expect(await metric()).toBe('0');
+      const last = await generateProof(device, `${gw.url}/bound/x`, 'GET', undefined, token);
+      expect((await dpopCall(gw, '/bound/x', token, device, { proof: last })).status).toBe(200);
+      expect(await metric()).toBe('1');
+      echo.requests.length = 0;
+      expectRefused(await dpopCall(gw, '/bound/x', token, device, { proof: last }), 401, 'ERR_INVALID_DPOP_PROOF');
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
 describe('DPoP server nonces', () => {
   it('asks for a nonce with use_dpop_nonce and a DPoP-Nonce header, then accepts it', async () => {
     const gw = await startTestGateway(gatewayConfig({ identity: { issuers: [issuerConfig()], dpop: { nonce: { secret: 'n'.repeat(40) } } } }));
