@@ -9,7 +9,7 @@
 import { createHash, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { createDpopVerifier } from '../../src/identity/dpop.ts';
 import { createMemoryReplayCache } from '../../src/identity/replay-cache.ts';
-import type { HeaderPool } from './lib.ts';
+import { threadCpuMicros, type HeaderPool } from './lib.ts';
 
 export interface ProofRequest {
   readonly method: string;
@@ -88,10 +88,18 @@ export function proofPool(proofs: readonly string[]): HeaderPool {
 
 /**
  * The in-process cost of one DPoP verification as the gateway does it (its verifier, a
- * memory replay cache, the key-import cache warm): `ops` sequential verify() calls after
- * `warmup` ones, each with a fresh proof. Returns microseconds per call.
+ * memory replay cache, the key-import cache warm): `ops` verify() calls after `warmup`,
+ * each with a fresh proof, `concurrency` in flight as under load. Returns microseconds
+ * per call: the CPU of every thread of this process (the signature check runs on libuv's
+ * pool), and of the event loop alone (/proc, Linux; undefined elsewhere).
  */
-export async function measureDpopVerify(opts: { ops: number; warmup: number; accessToken: string; maxAgeS: number }): Promise<number> {
+export async function measureDpopVerify(opts: {
+  ops: number;
+  warmup: number;
+  concurrency: number;
+  accessToken: string;
+  maxAgeS: number;
+}): Promise<{ cpuUs: number; eventLoopUs: number | undefined }> {
   const client = createDpopClient();
   const req: ProofRequest = { method: 'GET', htu: 'http://127.0.0.1:8080/echo/bench', accessToken: opts.accessToken };
   const verifier = createDpopVerifier({
@@ -101,10 +109,24 @@ export async function measureDpopVerify(opts: { ops: number; warmup: number; acc
     replay: createMemoryReplayCache({ maxEntries: 2 * (opts.ops + opts.warmup) }),
   });
   const proofs = await client.mint(opts.warmup + opts.ops, req);
-  const verify = (proof: string) =>
-    verifier.verify({ proof, method: req.method, htu: req.htu, accessToken: req.accessToken, expectedJkt: client.jkt });
-  for (let i = 0; i < opts.warmup; i++) await verify(proofs[i]!);
-  const t0 = performance.now();
-  for (let i = opts.warmup; i < proofs.length; i++) await verify(proofs[i]!);
-  return ((performance.now() - t0) * 1000) / opts.ops;
+  const run = async (from: number, to: number): Promise<void> => {
+    let next = from;
+    const lane = async (): Promise<void> => {
+      while (next < to) {
+        const proof = proofs[next++]!;
+        await verifier.verify({ proof, method: req.method, htu: req.htu, accessToken: req.accessToken, expectedJkt: client.jkt });
+      }
+    };
+    await Promise.all(Array.from({ length: opts.concurrency }, lane));
+  };
+  await run(0, opts.warmup);
+  const cpu0 = process.cpuUsage();
+  const loop0 = threadCpuMicros(process.pid, process.pid);
+  await run(opts.warmup, proofs.length);
+  const cpu = process.cpuUsage(cpu0);
+  const loop1 = threadCpuMicros(process.pid, process.pid);
+  return {
+    cpuUs: (cpu.user + cpu.system) / opts.ops,
+    eventLoopUs: loop0 === undefined || loop1 === undefined ? undefined : (loop1 - loop0) / opts.ops,
+  };
 }

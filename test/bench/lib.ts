@@ -179,9 +179,18 @@ let clockTicksPerSecond: number | undefined;
  * and it says where the cost is (gateway, upstream, load generator).
  */
 export function processCpuMicros(pid: number): number | undefined {
+  return statCpuMicros(`/proc/${pid}/stat`);
+}
+
+/** The same for one thread of a process (its main thread: tid = pid). */
+export function threadCpuMicros(pid: number, tid: number): number | undefined {
+  return statCpuMicros(`/proc/${pid}/task/${tid}/stat`);
+}
+
+function statCpuMicros(path: string): number | undefined {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    stat = readFileSync(path, 'utf8');
   } catch {
     return undefined;
   }
