@@ -205,7 +205,9 @@ async function main(): Promise<void> {
     if (problems !== undefined) throw new BenchFailure(`${name}, ${what}: ${problems}`);
     fastest.set(name, Math.max(fastest.get(name) ?? 0, result.responses / durationS));
     if (pool !== undefined) minted += `, ${result.responses} used)`;
-    const cpu = cpuUsPerRequest === undefined ? '' : `  ${cpuUsPerRequest.toFixed(0)} µs CPU/req`;
+    const cpu =
+      (cpuUsPerRequest === undefined ? '' : `  ${cpuUsPerRequest.toFixed(0)} µs CPU/req`) +
+      `  (load generator ${(result.generatorCpuMicros / result.responses).toFixed(0)})`;
     log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms${cpu}${minted}`);
     // Let the last run's sockets close before the next target's run starts.
     await sleep(250);
