@@ -1,5 +1,6 @@
-// ztgw: the gateway's command line (entry: ztgw.ts). Exit codes: 0 ok, 1 runtime failure, 2 bad input
-// (invalid config or arguments), so scripts and CI can tell a typo from an outage.
+// ztgw: the gateway's command line (its entry is ztgw.ts). Exit codes: 0 ok, 1 runtime
+// failure, 2 bad input (invalid config or arguments), so scripts and CI can tell a typo
+// from an outage.
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, formatIssue, loadConfigFile } from '../config/load.ts';

@@ -5,7 +5,8 @@
 // the route, and a single allow-all rule) against a bare Fastify proxy and the upstream
 // itself. Targets run interleaved, each round starting one target later than the last
 // (1,2,3,…; 2,3,…,1; …), so drift on a shared machine (thermal, other tenants) hits all of
-// them alike and no target always follows the same neighbour; each target's median round
+// them alike and no target always runs first; the cyclic order stays, so each target
+// follows the same neighbour except when it opens a round. Each target's median round
 // is reported. On a 2-core box autocannon competes with the servers for CPU, so absolute
 // req/s mean little and the ratios are the numbers to watch: to the bare proxy, and
 // policies to allow-all. Beside them, each server process's CPU time per request (all
@@ -70,7 +71,7 @@ const DECISIONS = { rounds: 5, decisions: 20_000, warmup: 20_000 };
 const { values: flags } = parseArgs({
   options: {
     // Five short rounds rather than three long ones: the per-round ratios' median is what
-    // resists a neighbour's burst. 8 targets × (4 + 5 × 6) s, plus minting proofs (RS256 is slow to sign): ~8 minutes.
+    // resists a neighbour's burst. 8 targets × (4 + 5 × 6) s, plus minting proofs (RS256 is slow to sign): ~9 minutes.
     rounds: { type: 'string', default: '5' },
     duration: { type: 'string', default: '6' },
     warmup: { type: 'string', default: '4' },
