@@ -3,7 +3,7 @@
 //
 // Signing a proof costs ~150 µs here, more than the gateway spends on a whole request, so
 // it never happens in the load generator's hot loop: a pool is minted before each run and
-// autocannon sends each once (see proofPool and runLoad). Proofs are signed with
+// the load generator sends each once (see proofPool, runAutocannon, runWrk). Proofs are signed with
 // node:crypto (ieee-p1363, as JWS wants) on the libuv pool, a batch at a time: about half
 // the cost of jose's CompactSign here, and both cores are used while the servers idle.
 import { createHash, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
@@ -81,7 +81,7 @@ function signJws(alg: ProofAlg, key: KeyObject, data: Buffer): Promise<Buffer> {
   });
 }
 
-/** One `DPoP` header per request, each to be sent once: the gateway refuses a jti it has seen (see runLoad). */
+/** One `DPoP` header per request, each to be sent once: the gateway refuses a jti it has seen (see runAutocannon, runWrk). */
 export function proofPool(proofs: readonly string[]): HeaderPool {
   return { sets: proofs.map((dpop) => ({ dpop })), singleUse: true };
 }

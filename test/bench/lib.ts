@@ -1,6 +1,7 @@
 // Shared parts of the benchmark harness: child processes that announce readiness with a
-// JSON line and are always killed by PID, a bounded autocannon run, and medians. Nothing
-// here knows about the gateway; targets (targets.ts) and the runner (run.ts) do.
+// JSON line and are always killed by PID, CPU time from /proc, a bounded autocannon run
+// (wrk.ts has the wrk one), and medians. Nothing here knows about the gateway; targets
+// (targets.ts) and the runner (run.ts) do.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -170,7 +171,13 @@ export async function waitFor200(url: string, opts: { timeoutMs?: number; child?
 // ---------------------------------------------------------------------------------------
 // CPU
 
-let clockTicksPerSecond: number | undefined;
+let ticksPerSecond: number | undefined;
+
+/** The kernel's clock ticks per second (USER_HZ), the unit of CPU times in /proc. */
+export function clockTicksPerSecond(): number {
+  ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  return ticksPerSecond;
+}
 
 /**
  * CPU time (user + system, every thread) process `pid` has used so far, in µs, from
@@ -196,9 +203,8 @@ function statCpuMicros(path: string): number | undefined {
   }
   // Fields after the command name, which is in parentheses and may itself hold spaces.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  clockTicksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
   // proc(5): utime and stime are fields 14 and 15, so 11 and 12 counted from field 3 (state).
-  return ((Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond) * 1e6;
+  return ((Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond()) * 1e6;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -253,7 +259,7 @@ export interface LoadOptions {
   readonly title?: string;
   /**
    * Headers that must differ from one request to the next (a DPoP proof), merged over
-   * `headers`, each set sent at most once (see runLoad).
+   * `headers`, each set sent at most once (see runAutocannon, runWrk).
    */
   readonly headerPool?: HeaderPool;
 }
@@ -283,10 +289,11 @@ export interface LoadResult {
 }
 
 /**
- * One autocannon run. It stops by itself after `durationS`; should it not (a wedged
- * server), a watchdog stops it and the run fails rather than hanging the benchmark.
+ * One autocannon run, in this process: the generator when wrk is not installed (see
+ * wrk.ts). It stops by itself after `durationS`; should it not (a wedged server), a
+ * watchdog stops it and the run fails rather than hanging the benchmark.
  */
-export function runLoad(opts: LoadOptions): Promise<LoadResult> {
+export function runAutocannon(opts: LoadOptions): Promise<LoadResult> {
   const watchdogMs = (opts.durationS + 15) * 1000;
   // With a header pool, each connection gets its own share of it as a list of requests,
   // serialised by autocannon before the run starts; it then resends prepared bytes, as

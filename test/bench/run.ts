@@ -7,14 +7,14 @@
 // (1,2,3,…; 2,3,…,1; …), so drift on a shared machine (thermal, other tenants) hits all of
 // them alike and no target always runs first; the cyclic order stays, so each target
 // follows the same neighbour except when it opens a round. Each target's median round
-// is reported. On a 2-core box autocannon competes with the servers for CPU, so absolute
-// req/s mean little and the ratios are the numbers to watch: to the bare proxy, and
-// policies to allow-all. Beside them, each server process's CPU time per request (all
+// is reported. On a 2-core box the load generator (wrk if installed, else autocannon;
+// --generator) competes with the servers for CPU, so absolute req/s mean little and the
+// ratios are the numbers to watch: to the bare proxy, and policies to allow-all. Beside them, each server process's CPU time per request (all
 // its threads, from /proc), which swings less than req/s. DPoP proofs are minted before
 // each run, not during it (see dpop-client.ts), and the verifier's in-process cost is
 // measured apart.
 //
-//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50]
+//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator auto|wrk|autocannon]
 //
 // Exit 1 if any response was not 2xx or any request failed; the ratios are reported, not
 // enforced (one noisy run on a laptop should not fail anything).
@@ -25,7 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createIssuer } from '../../src/dev/issuer.ts';
 import { measureDpopVerify } from './dpop-client.ts';
-import { ChildSet, formatTable, median, problemsOf, processCpuMicros, runLoad, summarize, type HeaderPool, type LoadResult } from './lib.ts';
+import { ChildSet, formatTable, median, problemsOf, processCpuMicros, runAutocannon, summarize, type HeaderPool, type LoadOptions, type LoadResult } from './lib.ts';
 import { formatDecisionResults, measurePolicyDecisions } from './policy-decisions.ts';
 import {
   bareProxy,
@@ -41,6 +41,7 @@ import {
   type RunningTarget,
   type Target,
 } from './targets.ts';
+import { runWrk, wrkOnPath } from './wrk.ts';
 
 const BASELINE = 'bare fastify proxy';
 const GATEWAY = 'zt-gateway jwt';
@@ -76,6 +77,9 @@ const { values: flags } = parseArgs({
     duration: { type: 'string', default: '6' },
     warmup: { type: 'string', default: '4' },
     connections: { type: 'string', default: '50' },
+    // wrk when it is installed (it takes a half to a third of autocannon's CPU per request
+    // from the cores the servers share with it; see wrk.ts), autocannon otherwise.
+    generator: { type: 'string', default: 'auto' },
   },
 });
 const positiveInt = (name: string, raw: string): number => {
@@ -91,10 +95,23 @@ const DURATION_S = positiveInt('duration', flags.duration);
 const WARMUP_S = positiveInt('warmup', flags.warmup);
 const CONNECTIONS = positiveInt('connections', flags.connections);
 const PIPELINING = 1;
+const GENERATOR = chooseGenerator(flags.generator);
+
+function chooseGenerator(requested: string): 'wrk' | 'autocannon' {
+  if (requested === 'autocannon') return 'autocannon';
+  if (requested === 'wrk' || requested === 'auto') {
+    if (wrkOnPath()) return 'wrk';
+    if (requested === 'auto') return 'autocannon';
+    process.stderr.write('bench: --generator wrk, but there is no wrk on PATH (Debian/Ubuntu: apt-get install wrk)\n');
+    process.exit(2);
+  }
+  process.stderr.write(`bench: --generator must be auto, wrk or autocannon, not ${requested}\n`);
+  process.exit(2);
+}
 
 class BenchFailure extends Error {}
 
-/** One measured run: autocannon's figures and the serving process's CPU time per response (undefined without /proc). */
+/** One measured run: the load generator's figures and the serving process's CPU time per response (undefined without /proc). */
 type RoundResult = LoadResult & { readonly cpuUsPerRequest: number | undefined };
 
 const children = new ChildSet();
@@ -166,7 +183,7 @@ async function main(): Promise<void> {
   }
 
   log(
-    `\nnode ${process.version}, ${availableParallelism()} CPUs; autocannon ${CONNECTIONS} connections, ` +
+    `\nnode ${process.version}, ${availableParallelism()} CPUs; ${GENERATOR} ${CONNECTIONS} connections, ` +
       `pipelining ${PIPELINING}, ${WARMUP_S} s warm-up + ${ROUNDS} × ${DURATION_S} s per target, interleaved`,
   );
 
@@ -185,7 +202,7 @@ async function main(): Promise<void> {
       minted = `  (${pool.sets.length} proofs minted in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
     }
     const cpuBefore = processCpuMicros(running.pid);
-    const result = await runLoad({
+    const loadOptions: LoadOptions = {
       url: running.url,
       headers: await running.headers(),
       connections: CONNECTIONS,
@@ -193,7 +210,8 @@ async function main(): Promise<void> {
       durationS,
       title: name,
       headerPool: pool,
-    });
+    };
+    const result = GENERATOR === 'wrk' ? await runWrk({ ...loadOptions, poolFile: join(tmpDir!, 'wrk-pool.txt') }) : await runAutocannon(loadOptions);
     const cpuAfter = processCpuMicros(running.pid);
     const cpuUsPerRequest = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / result.responses;
     const problems = problemsOf(result);
@@ -272,7 +290,7 @@ async function main(): Promise<void> {
       `gateway dpop (RS256 proofs)/bare ratio: ${(summaries.get('zt-gateway dpop RS256')!.reqPerSec / baseline).toFixed(2)} / ${perRound('zt-gateway dpop RS256', BASELINE)}\n` +
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} / ${perRound(GATEWAY_POLICIES, GATEWAY_ALLOW_ALL)} (target ≥ 0.90)\n` +
       `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
-      `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and autocannon use the rest of the 2 cores\n` +
+      `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
       `\n${decisions}`,
   );
 }
