@@ -9,6 +9,7 @@ import { startEchoServer } from '../dev/echo.ts';
 import { loadOrCreateDevIssuer } from '../dev/issuer.ts';
 import { DEVICE_USAGE, runDeviceCommand } from './device.ts';
 import { runPolicyCommand } from './policy.ts';
+import { lowerPoolPriority, poolNice } from './thread-pool.ts';
 import { openRegistry } from '../services.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
@@ -73,6 +74,11 @@ function superviseGateway(gateway: Gateway, onStop: () => Promise<void> = async 
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => void gateway.reload());
+  const levels = poolNice(process.env); // checked by ztgw.ts before anything started
+  lowerPoolPriority(levels, Number(process.env.UV_THREADPOOL_SIZE) || 4).then(
+    (threads) => threads > 0 && gateway.logger.info({ threads, niceLevels: levels }, 'thread pool runs below the event loop'),
+    (err: unknown) => gateway.logger.warn({ err, niceLevels: levels }, 'could not lower the thread pool priority; it competes with the event loop'),
+  );
 }
 
 async function serve(args: string[]): Promise<void> {

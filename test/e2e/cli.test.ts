@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, getPriority, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer } from '../../src/dev/issuer.ts';
@@ -126,12 +126,19 @@ describe('ztgw serve', () => {
 });
 
 // libuv's pool checks DPoP signatures: one thread per core, at least 2, unless the
-// operator chose (src/cli/thread-pool.ts). Its threads are named, so /proc shows them.
+// operator chose, and below the event loop's priority (src/cli/thread-pool.ts). Its
+// threads are named, so /proc shows them and their nice values.
 describe.runIf(process.platform === 'linux')('ztgw serve: libuv thread pool', () => {
-  const poolThreads = (pid: number): number =>
-    readdirSync(`/proc/${pid}/task`).filter((t) => readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'libuv-worker').length;
+  const threads = (pid: number): { tid: string; name: string; nice: number }[] =>
+    readdirSync(`/proc/${pid}/task`).map((tid) => {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      // proc(5): nice is field 19, the 17th after the parenthesised command name.
+      const nice = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+      return { tid, name: readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), nice };
+    });
 
-  async function poolOf(env: NodeJS.ProcessEnv): Promise<number> {
+  /** The pool's threads' nice values and the main thread's, once the pool has settled. */
+  async function poolOf(env: NodeJS.ProcessEnv): Promise<{ pool: number[]; main: number }> {
     const [port, adminPort] = [await freePort(), await freePort()];
     const file = join(dir, `pool-${port}.yaml`);
     writeFileSync(file, goodConfig(port, adminPort));
@@ -142,19 +149,36 @@ describe.runIf(process.platform === 'linux')('ztgw serve: libuv thread pool', ()
       // One proxied request: whatever the pool is for, it has started by then.
       const token = await idp.sign({}, { sub: 'alice', aud: 'zt-gateway' });
       expect((await rawRequest(`http://127.0.0.1:${port}`, '/echo/x', { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
-      return poolThreads(child.pid!);
+      // Relative to the process's own nice value, which it inherits from us.
+      const expectedNice = Math.min(19, getPriority() + (env.ZTGW_POOL_NICE === '0' ? 0 : 10));
+      let now = threads(child.pid!);
+      // The priority is lowered just after start-up; give it a moment.
+      for (let i = 0; i < 50 && !now.filter((t) => t.name === 'libuv-worker').every((t) => t.nice === expectedNice); i++) {
+        await new Promise((r) => setTimeout(r, 40));
+        now = threads(child.pid!);
+      }
+      return { pool: now.filter((t) => t.name === 'libuv-worker').map((t) => t.nice), main: now.find((t) => t.tid === String(child.pid))!.nice };
     } finally {
       child.kill('SIGTERM');
       await exited;
     }
   }
 
-  it('has one thread per core, never fewer than 2', async () => {
-    expect(await poolOf({ UV_THREADPOOL_SIZE: '' })).toBe(Math.max(2, availableParallelism()));
+  it('has one thread per core, never fewer than 2, each 10 nice levels below the event loop', async () => {
+    const { pool, main } = await poolOf({ UV_THREADPOOL_SIZE: '', ZTGW_POOL_NICE: '' });
+    expect(main).toBe(getPriority());
+    expect(pool).toEqual(Array(Math.max(2, availableParallelism())).fill(Math.min(19, main + 10)));
   });
 
-  it("keeps the operator's UV_THREADPOOL_SIZE", async () => {
-    expect(await poolOf({ UV_THREADPOOL_SIZE: '3' })).toBe(3);
+  it("keeps the operator's UV_THREADPOOL_SIZE and ZTGW_POOL_NICE", async () => {
+    const { pool, main } = await poolOf({ UV_THREADPOOL_SIZE: '3', ZTGW_POOL_NICE: '0' });
+    expect(pool).toEqual([main, main, main]);
+  });
+
+  it('refuses a ZTGW_POOL_NICE that is not 0-19 before it starts, exit 2', () => {
+    const run = ztgw(['serve', '--config', join(dir, 'never-read.yaml')], { ZTGW_POOL_NICE: 'low' });
+    expect(run.status).toBe(2);
+    expect(run.stderr).toContain('ZTGW_POOL_NICE must be an integer from 0 to 19, not "low"');
   });
 });
 
