@@ -3,11 +3,9 @@
 // core (a JWT route), of its full device-trust path (DPoP-bound token, proof on every
 // request, enrolled device), and of the JWT route with policies on (a realistic set for
 // the route, and a single allow-all rule) against a bare Fastify proxy and the upstream
-// itself. Targets run interleaved, each round starting one target later than the last
-// (1,2,3,…; 2,3,…,1; …), so drift on a shared machine (thermal, other tenants) hits all of
-// them alike and no target always runs first; the cyclic order stays, so each target
-// follows the same neighbour except when it opens a round. Each target's median round
-// is reported. On a 2-core box the load generator (wrk if installed, else autocannon;
+// itself. Targets run interleaved, in a new shuffled order each round, so drift on a
+// shared machine (thermal, other tenants) hits all of them alike and no target always
+// runs first or after the same neighbour. Each target's median round is reported. On a 2-core box the load generator (wrk if installed, else autocannon;
 // --generator) competes with the servers for CPU, so absolute req/s mean little and the
 // ratios are the numbers to watch: to the bare proxy, and policies to allow-all. Beside them, each server process's CPU time per request (all
 // its threads, from /proc), which swings less than req/s. DPoP proofs are minted before
@@ -42,6 +40,7 @@ import {
   type Target,
 } from './targets.ts';
 import { runWrk, wrkOnPath } from './wrk.ts';
+import { random } from '../helpers/random.ts';
 
 const BASELINE = 'bare fastify proxy';
 const GATEWAY = 'zt-gateway jwt';
@@ -68,6 +67,9 @@ const VERIFY_WARMUP = 2_000;
 // rounds of decisions timed one by one (a p99 per round, the median of those reported:
 // one round hit by a neighbour's burst does not decide it); about 10 s in all here.
 const DECISIONS = { rounds: 5, decisions: 20_000, warmup: 20_000 };
+// Each round runs the targets in a new order, shuffled from this seed (the same sequence
+// every run), so no target always follows the same neighbour.
+const ORDER_SEED = 20261126;
 
 const { values: flags } = parseArgs({
   options: {
@@ -236,9 +238,9 @@ async function main(): Promise<void> {
   for (const { target, running } of started) await load(target.name, running, WARMUP_S, 'warm-up');
 
   const results = new Map<string, RoundResult[]>(started.map(({ target }) => [target.name, []]));
+  const nextRandom = random(ORDER_SEED);
   for (let round = 1; round <= ROUNDS; round++) {
-    const shift = (round - 1) % started.length;
-    for (const { target, running } of [...started.slice(shift), ...started.slice(0, shift)]) {
+    for (const { target, running } of shuffled(started, nextRandom)) {
       results.get(target.name)!.push(await load(target.name, running, DURATION_S, `round ${round}`));
     }
   }
@@ -293,6 +295,16 @@ async function main(): Promise<void> {
       `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
       `\n${decisions}`,
   );
+}
+
+/** `items` in a random order (Fisher-Yates) drawn from `next`. */
+function shuffled<T>(items: readonly T[], next: () => number): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
 }
 
 /** One request before any load, so a misconfigured target fails in a second with its answer, not after a 10 s run of 401s. */
