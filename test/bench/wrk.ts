@@ -1,11 +1,13 @@
-// A load run with wrk (C, from the OS's packages: `apt-get install wrk`), the generator the
-// benchmark prefers when it is on PATH. On the 2 cores the servers share with it, autocannon
-// (Node) took 26-56 µs of CPU per request here, a quarter to a third of the box: a gateway
-// bound by total CPU (the DPoP route: its proofs are checked on libuv's pool, so it uses
-// both cores) lost that much to the generator, while the bare proxy, bound by its single
-// event loop, did not. wrk takes 12-18 µs per request (30 for DPoP's larger requests), so
-// what is measured is closer to the servers alone. Requests are built once per run in
-// wrk-load.lua; wrk itself is not run by the test suite.
+// A load run with wrk (C, from the OS's packages: `apt-get install wrk`), for
+// `npm run bench -- --generator wrk`. It takes 9-18 µs of CPU per request here (25-54 for
+// the DPoP route's large, all-different requests) where autocannon takes 26-56, on the 2
+// cores the servers share with it. Measured, not assumed: that freed CPU lifted the bare
+// proxy more than the gateways (its CPU per request falls as its rate rises: 79 µs at 13k
+// req/s, 103 at 10k), so every gateway's ratio read lower with wrk (jwt 0.74-0.91, DPoP
+// 0.42-0.49 in three full runs) than with autocannon (jwt 0.94-1.17, DPoP 0.49-0.58); the
+// bench keeps autocannon, its generator since the start, as the default and this as a
+// second view (README, Performance). Requests are built once
+// per run in wrk-load.lua; the test suite does not run wrk.
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
