@@ -289,8 +289,8 @@ export interface LoadResult {
 }
 
 /**
- * One autocannon run, in this process: the generator when wrk is not installed (see
- * wrk.ts). It stops by itself after `durationS`; should it not (a wedged server), a
+ * One autocannon run, in this process: the bench's default generator (wrk.ts has the
+ * other). It stops by itself after `durationS`; should it not (a wedged server), a
  * watchdog stops it and the run fails rather than hanging the benchmark.
  */
 export function runAutocannon(opts: LoadOptions): Promise<LoadResult> {

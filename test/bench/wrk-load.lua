@@ -1,10 +1,10 @@
 -- Driven by wrk.ts: each wrk thread sends requests built once in init(), so the per-request
 -- work in the load generator is a table lookup whatever the target. Arguments after `--`:
---   <thread count> [<pool file> <single use: 1|0>]
+--   <thread count> [<pool file>]
 -- A pool file has one request's extra headers per line, `name<TAB>value<TAB>name<TAB>value…`;
 -- thread k of n takes lines k, k+n, k+2n… A thread that has sent all of its lines starts
--- over, and every request it sends from then on counts as an overrun (for a single-use pool
--- of DPoP proofs, the run is then invalid).
+-- over, and every request it sends from then on counts as an overrun (run.ts fails the run
+-- when the pool was single-use DPoP proofs).
 -- done() prints one JSON line for wrk.ts.
 
 local threads = {}

@@ -6,8 +6,8 @@
 // req/s, 103 at 10k), so every gateway's ratio read lower with wrk (jwt 0.74-0.91, DPoP
 // 0.42-0.49 in three full runs) than with autocannon (jwt 0.94-1.17, DPoP 0.49-0.58); the
 // bench keeps autocannon, its generator since the start, as the default and this as a
-// second view (README, Performance). Requests are built once
-// per run in wrk-load.lua; the test suite does not run wrk.
+// second view (README, Performance). Requests are built once per run in wrk-load.lua; the
+// test suite does not run wrk.
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -40,7 +40,7 @@ export async function runWrk(opts: LoadOptions & { readonly poolFile: string }):
   const scriptArgs = [String(THREADS)];
   if (opts.headerPool !== undefined) {
     await writeFile(opts.poolFile, opts.headerPool.sets.map(poolLine).join(''));
-    scriptArgs.push(opts.poolFile, opts.headerPool.singleUse ? '1' : '0');
+    scriptArgs.push(opts.poolFile);
   }
   const headerArgs = Object.entries(opts.headers).flatMap(([name, value]) => ['-H', `${name}: ${value}`]);
   const wrkArgs = ['-t', String(THREADS), '-c', String(opts.connections), '-d', `${opts.durationS}s`, '--timeout', `${TIMEOUT_S}s`, '-s', SCRIPT, ...headerArgs, opts.url, '--', ...scriptArgs];
