@@ -20,6 +20,8 @@ import type { Services } from '../services.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createAuthzStage } from '../pipeline/authz.ts';
+import { compileRecordLimits } from '../policy/record-limits.ts';
+import { createLineBudget } from '../observability/line-budget.ts';
 
 export interface Runtime {
   readonly config: Readonly<Config>;
@@ -46,7 +48,7 @@ export interface CompileDeps {
   readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'policies'>;
   /** Where decision lines go (unredacted: their fields are chosen, credentials excluded). */
   readonly decisionLog: Logger;
-  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors'>;
+  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors' | 'decisionLinesSuppressed'>;
   readonly now?: () => number;
 }
 
@@ -118,6 +120,13 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
             upstreams: frozen.upstreams,
             decisionLog: deps.decisionLog,
             allowSampleRate: frozen.policies?.decisionLog.allowSampleRate ?? 0,
+            recordLimits: compileRecordLimits(frozen.policies?.decisionLog.headers),
+            lineBudget: frozen.policies && createLineBudget({
+              perSecond: frozen.policies.decisionLog.perPrincipalPerSecond,
+              burst: frozen.policies.decisionLog.perPrincipalBurst,
+              maxKeys: 10_000,
+            }),
+            onSuppressed: () => deps.metrics.decisionLinesSuppressed.inc(),
             onDecision: (decision) => {
               deps.metrics.policyDecisions.inc(decision.effect);
               for (const e of decision.errors) deps.metrics.policyRuleErrors.inc(e.policy, e.rule);

@@ -238,6 +238,18 @@ const Policies = Type.Object(
         file: Type.Optional(
           Type.String({ minLength: 1, description: 'Write decision lines to this file (appended, relative to this file) instead of stdout.' }),
         ),
+        headers: Type.Array(Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^`|~-]+$' }), {
+          default: ['accept', 'content-length', 'content-type', 'origin', 'user-agent'],
+          description:
+            'Request headers recorded in decision lines (values cut at 256 characters). Credential-like names (*-key, *-token, *secret*, *password*, cookies, auth…) are refused.',
+        }),
+        perPrincipalPerSecond: Type.Number({
+          minimum: 0.01,
+          maximum: 10_000,
+          default: 2,
+          description: 'Decision lines each principal (subject, else client IP) may write per second after its burst; the rest are counted and summarised.',
+        }),
+        perPrincipalBurst: Type.Integer({ minimum: 1, maximum: 100_000, default: 20, description: 'Decision lines a principal may write at once.' }),
       },
       { ...Strict, default: {} },
     ),

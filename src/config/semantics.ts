@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import proxyaddr from 'proxy-addr';
 import type { Config, IssuerConfig, RouteConfig } from './schema.ts';
+import { isCredentialHeader } from '../policy/record-limits.ts';
 
 export type ConfigPath = (string | number)[];
 export interface SemanticIssue {
@@ -27,6 +28,7 @@ export function checkSemantics(config: Config, baseDir: string): SemanticIssue[]
     ...duplicateMatches(config.routes),
     ...trustedProxies(config.server.trustedProxies),
     ...readableFiles(config, baseDir),
+    ...recordedHeaders(config),
     ...('redis' in config.devices.registry && config.redis === undefined
       ? [{ path: ['devices', 'registry', 'redis'], message: 'a Redis device registry needs a top-level redis section' }]
       : []),
@@ -104,6 +106,16 @@ function duplicateMatches(routes: readonly RouteConfig[]): SemanticIssue[] {
       });
   });
   return issues;
+}
+
+// A decision line is read by more people than the gateway's secrets should be.
+function recordedHeaders(config: Config): SemanticIssue[] {
+  const names = config.policies?.decisionLog.headers ?? [];
+  return names.flatMap((name, i) =>
+    isCredentialHeader(name)
+      ? [{ path: ['policies', 'decisionLog', 'headers', i], message: `"${name}" looks like a credential; decision lines never record credentials` }]
+      : [],
+  );
 }
 
 function trustedProxies(entries: readonly string[]): SemanticIssue[] {

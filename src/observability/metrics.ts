@@ -23,6 +23,7 @@ export interface GatewayMetrics {
   readonly policyDecisions: LeanCounter<'effect'>;
   readonly policyRuleErrors: LeanCounter<'policy' | 'rule'>;
   readonly policyReloads: Counter<'result'>;
+  readonly decisionLinesSuppressed: Counter;
 }
 
 export function createMetrics(): GatewayMetrics {
@@ -91,6 +92,11 @@ export function createMetrics(): GatewayMetrics {
       name: 'ztgw_policy_reloads_total',
       help: 'Policy set reloads, by result (failed: the last good set stays active).',
       labelNames: ['result'],
+      registers,
+    }),
+    decisionLinesSuppressed: new Counter({
+      name: 'ztgw_decision_lines_suppressed_total',
+      help: 'Decision lines not written because their principal was over its line budget (policies.decisionLog.perPrincipalPerSecond); the next line written for that principal carries "suppressed".',
       registers,
     }),
     configReloads: new Counter({

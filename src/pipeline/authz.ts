@@ -5,6 +5,8 @@ import type { Logger } from 'pino';
 import type { PolicySource } from '../policy/source.ts';
 import { toPolicyInput, type Decision } from '../policy/evaluate.ts';
 import { decisionRecord } from '../policy/record.ts';
+import type { RecordLimits } from '../policy/record-limits.ts';
+import type { LineBudget } from '../observability/line-budget.ts';
 import type { StepUpRequirement } from '../policy/schema.ts';
 import type { RequestContext, Stage } from './context.ts';
 import { AccessDeniedError, StepUpRequiredError } from './errors.ts';
@@ -16,6 +18,11 @@ export interface AuthzDeps {
   readonly upstreams: Readonly<Record<string, string>>;
   readonly decisionLog: Logger;
   readonly allowSampleRate: number;
+  /** What a decision line may carry (headers allow-list, bounded values). */
+  readonly recordLimits?: RecordLimits;
+  /** Lines per principal; a line over budget is not written but counted (onSuppressed). */
+  readonly lineBudget?: LineBudget;
+  readonly onSuppressed?: () => void;
   readonly onDecision?: (decision: Decision) => void;
   readonly now?: () => number;
   readonly random?: () => number;
@@ -46,7 +53,12 @@ export function createAuthzStage(deps: AuthzDeps): Stage {
     // Allows are sampled; denies, step-ups and any decision where a condition failed at run
     // time (the team must see those) are always written.
     if (decision.effect === 'allow' && decision.errors.length === 0 && random() >= deps.allowSampleRate) return;
-    deps.decisionLog.info(decisionRecord(ctx.id, decision, input, hash), 'decision');
+    // Denies are never sampled, so one client looping on a denied route would flood the
+    // log: each principal has a line budget, and the next line says what was suppressed.
+    const suppressed = deps.lineBudget === undefined ? 0 : deps.lineBudget.take(ctx.identity?.subject ?? ctx.clientIp);
+    if (suppressed === undefined) return deps.onSuppressed?.();
+    const record = decisionRecord(ctx.id, decision, input, hash, deps.recordLimits);
+    deps.decisionLog.info(suppressed > 0 ? { ...record, suppressed } : record, 'decision');
   }
 
   return (ctx: RequestContext) => {

@@ -11,6 +11,7 @@ import { formatPath } from '../config/yaml-path.ts';
 import type { Decision } from './evaluate.ts';
 import type { PolicyInput } from './input.ts';
 import type { Effect } from './schema.ts';
+import { DEFAULT_RECORD_LIMITS, type RecordLimits } from './record-limits.ts';
 
 export interface DecisionRecord {
   readonly log: 'decision';
@@ -27,8 +28,10 @@ export interface DecisionRecord {
   readonly policySet: string;
   readonly evalMicros: number;
   readonly errors: readonly { policy: string; rule: string; message: string }[];
-  /** inputToJson of the decision input. */
+  /** inputToJson of the decision input, within the record limits (record-limits.ts). */
   readonly input: unknown;
+  /** Input fields cut or left out to keep the line bounded: a replay of this record may differ. */
+  readonly truncated?: readonly string[];
 }
 
 export type JsonPath = (string | number)[];
@@ -62,14 +65,21 @@ export function inputToJson(input: PolicyInput): unknown {
   return JSON.parse(JSON.stringify(input)) as unknown;
 }
 
-export function decisionRecord(reqId: string, decision: Decision, input: PolicyInput, policySetHash: string): DecisionRecord {
+export function decisionRecord(
+  reqId: string,
+  decision: Decision,
+  input: PolicyInput,
+  policySetHash: string,
+  limits: RecordLimits = DEFAULT_RECORD_LIMITS,
+): DecisionRecord {
   const { sub } = input.identity;
   const { id: device } = input.device;
   const { route } = input.request;
+  const truncated: string[] = [];
   return {
     log: 'decision',
     reqId,
-    ...(sub !== undefined && { sub }),
+    ...(sub !== undefined && { sub: cut(sub, limits.maxValueChars, 'identity.sub', truncated) }),
     ...(device !== undefined && { device }),
     ...(route !== undefined && { route }),
     effect: decision.effect,
@@ -79,8 +89,50 @@ export function decisionRecord(reqId: string, decision: Decision, input: PolicyI
     reportOnly: decision.reportOnly.map(({ policy, rule, effect, wouldBe }) => ({ policy, rule, effect, wouldBe })),
     policySet: policySetHash,
     evalMicros: decision.evalMicros,
-    errors: decision.errors.map(({ policy, rule, message }) => ({ policy, rule, message })),
-    input: inputToJson(input),
+    errors: decision.errors.map(({ policy, rule, message }) => ({ policy, rule, message: cut(message, 4 * limits.maxValueChars, 'errors', truncated) })),
+    input: inputToJson(bounded(input, limits, truncated)),
+    ...(truncated.length > 0 && { truncated }),
+  };
+}
+
+function cut(value: string, max: number, field: string, truncated: string[]): string {
+  if (value.length <= max) return value;
+  if (!truncated.includes(field)) truncated.push(field);
+  return `${value.slice(0, max)}…`;
+}
+
+/** The input as a decision line may carry it: allow-listed headers, bounded strings and claims. */
+function bounded(input: PolicyInput, limits: RecordLimits, truncated: string[]): PolicyInput {
+  const { request, identity } = input;
+  const max = limits.maxValueChars;
+  const headers: Record<string, string> = {};
+  for (const name of Object.keys(request.headers)) {
+    if (!limits.headers.has(name)) continue;
+    headers[name] = cut(request.headers[name]!, max, `request.headers.${name}`, truncated);
+  }
+  // Token contents are signed by the IdP, but a token may be as large as a request head.
+  const oversized = (field: 'claims' | 'groups') => {
+    const value = identity[field];
+    const over = value !== undefined && JSON.stringify(value).length > limits.maxClaimsChars;
+    if (over) truncated.push(`identity.${field}`);
+    return over;
+  };
+  const dropClaims = oversized('claims');
+  const dropGroups = oversized('groups');
+  return {
+    ...input,
+    request: {
+      ...request,
+      host: cut(request.host, max, 'request.host', truncated),
+      path: cut(request.path, 4 * max, 'request.path', truncated),
+      headers,
+    },
+    identity: {
+      ...identity,
+      ...(identity.sub !== undefined && { sub: cut(identity.sub, max, 'identity.sub', truncated) }),
+      ...(dropClaims && { claims: undefined }),
+      ...(dropGroups && { groups: undefined }),
+    },
   };
 }
 
@@ -271,6 +323,7 @@ const RECORD_FIELDS = {
   errors: opt(list(object({ policy: req(str), rule: req(str), message: req(str) }))),
   // Checked by inputFromJson, below.
   input: req((v) => v),
+  truncated: opt(list(str)),
 } satisfies Record<keyof DecisionRecord, Field>;
 const RECORD = object(RECORD_FIELDS);
 
