@@ -59,7 +59,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const metrics = createMetrics();
   const services = await createServices(initial.config, initial.dir, logger, metrics);
   const compile = (next: { config: Config; dir: string }) =>
-    compileRuntime(next.config, { configDir: next.dir, services, decisionLog: decisions, metrics, now: opts.now });
+    compileRuntime(next.config, { configDir: next.dir, services, decisionLog: decisions, logger, metrics, now: opts.now });
   let holder: RuntimeHolder;
   try {
     holder = { current: await compile(initial) };

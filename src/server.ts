@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { RuntimeHolder } from './config/compile.ts';
 import type { ServerConfig } from './config/schema.ts';
 import { readFileSync } from 'node:fs';
+import type http from 'node:http';
 import type https from 'node:https';
 import { resolve } from 'node:path';
 import { newContext, requestIdFor, type RequestContext } from './pipeline/context.ts';
@@ -15,8 +16,10 @@ import { BadPathError, BadRequestError, PayloadTooLargeError, RouteNotFoundError
 import { runPipeline } from './pipeline/run.ts';
 import { toProblem } from './observability/problem.ts';
 import type { GatewayMetrics } from './observability/metrics.ts';
+import { createAccessRecorder } from './observability/access-log.ts';
+import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID } from './observability/client-error.ts';
 import { forward } from './upstream/proxy.ts';
-import { attachWebSocketProxy } from './upstream/websocket.ts';
+import { attachUpgradeHandling, isWebSocketUpgrade } from './upstream/websocket.ts';
 
 
 export interface DataPlaneOptions {
@@ -73,37 +76,94 @@ class BodyLimit extends Transform {
   }
 }
 
+// Marks on Node's objects, set only on the rare paths that need them, read as a property miss
+// on every request (cheaper than a WeakMap lookup on the hot path).
+/** On a socket: the request whose Upgrade (not WebSocket) was ignored; the connection closes after it. */
+const DECLINED_UPGRADE = Symbol('ztgw.declinedUpgrade');
+/** On a response: the client sent Expect: 100-continue and waits for the invitation to send its body. */
+const EXPECTS_CONTINUE = Symbol('ztgw.expectsContinue');
+type Marked<T> = T & { [DECLINED_UPGRADE]?: http.IncomingMessage; [EXPECTS_CONTINUE]?: boolean; [CLIENT_ERROR]?: ZtError };
+
 function sendProblem(reply: FastifyReply, requestId: string, err: unknown): FastifyReply {
   const problem = toProblem(err, requestId);
+  // A client still waiting for 100 Continue never sent its body: the connection cannot be reused.
+  if ((reply.raw as Marked<http.ServerResponse>)[EXPECTS_CONTINUE] === true) reply.raw.shouldKeepAlive = false;
   return reply.code(problem.status).headers(problem.headers).header('x-request-id', requestId).send(problem.body);
+}
+
+/**
+ * Node's http options, for plain and TLS listeners alike (Fastify hands `http` only to
+ * http.createServer, so with TLS they must travel inside `https`).
+ */
+function listenerOptions(server: ServerConfig): http.ServerOptions {
+  const { headersMs, requestMs } = server.timeouts;
+  return {
+    maxHeaderSize: server.limits.maxHeaderBytes,
+    headersTimeout: headersMs,
+    // Node checks the two timeouts on this interval (30 s by default, so a 10 s head timeout
+    // could take 40 s); a quarter of the shorter keeps the slack under 25%.
+    connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(Math.min(headersMs, requestMs) / 4))),
+    // Node answers a missing Host itself with a bare 400; hygiene refuses it with a problem document.
+    requireHostHeader: false,
+    // Only a WebSocket upgrade becomes an 'upgrade' event (upstream/websocket.ts decides the
+    // rest); any other Upgrade is served as a plain request on a connection that then closes,
+    // so nothing the client sends after it is read as another protocol or another request.
+    shouldUpgradeCallback: (req: http.IncomingMessage) => {
+      if (isWebSocketUpgrade(req)) return true;
+      (req.socket as Marked<typeof req.socket>)[DECLINED_UPGRADE] = req;
+      return false;
+    },
+  };
 }
 
 export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   const { holder, logger, metrics } = opts;
   const server = holder.current.config.server;
   const tls = httpsOptions(server.tls, opts.configDir);
+  const listener = listenerOptions(server);
+  const record = createAccessRecorder(opts.accessLogger, metrics);
   const app = Fastify({
-    ...(tls === undefined ? {} : { https: tls }),
+    ...(tls === undefined ? {} : { https: { ...tls, ...listener } }),
     loggerInstance: logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }), // one access line per request, written below
     // Fastify makes a child logger per request (bindings, redaction setup): 4% of the request
     // path in a profile. Nothing here logs through request.log; lines carry reqId themselves.
     childLoggerFactory: (parent) => parent,
     requestIdHeader: false,
-    genReqId: (raw) => requestIdFor(raw, holder.current.trust),
+    genReqId: (raw) => ((raw as Marked<typeof raw> & { [REQUEST_ID]?: string })[REQUEST_ID] = requestIdFor(raw, holder.current.trust)),
     return503OnClosing: false, // the handler answers with a problem document instead
     bodyLimit: server.limits.maxBodyBytes,
     requestTimeout: server.timeouts.requestMs,
     connectionTimeout: 0,
     keepAliveTimeout: server.timeouts.keepAliveMs,
-    http: { maxHeaderSize: server.limits.maxHeaderBytes, headersTimeout: server.timeouts.headersMs },
+    http: listener,
     routerOptions: { ignoreTrailingSlash: false, ignoreDuplicateSlashes: false, maxParamLength: 1024 },
-    // Malformed URLs rejected by the router itself still get a problem document.
+    // Malformed URLs rejected by the router itself still get a problem document, and an
+    // access line: this path runs none of the hooks below.
     frameworkErrors: (err, request, reply) => {
-      sendProblem(reply, request.id, new BadPathError('router rejected url', { cause: err }));
+      const refusal = new BadPathError('router rejected url', { cause: err });
+      sendProblem(reply, request.id, refusal);
+      record({
+        reqId: request.id,
+        method: request.method,
+        path: request.raw.url,
+        route: undefined,
+        status: reply.statusCode,
+        ms: reply.elapsedTime,
+        error: refusal,
+        sub: undefined,
+        client: request.socket.remoteAddress,
+      });
     },
+    // Requests Node's parser refuses before any route runs: a problem document, an access line.
+    clientErrorHandler: createClientErrorHandler({
+      onError: (err, reqId) => logger.debug({ reqId, err }, 'client error'),
+      onRefused: (reqId, error, status, client) =>
+        record({ reqId, method: undefined, path: undefined, route: undefined, status, ms: undefined, error, sub: undefined, client }),
+    }),
   });
   app.decorateRequest('zt', null);
+  app.server.maxHeadersCount = MAX_HEADER_FIELDS;
   app.register(replyFrom, { disableRequestLogging: true, undici: { connections: 128, keepAliveTimeout: 30_000 } });
 
   // Bodies are never parsed: they stream to the upstream as they arrive.
@@ -142,8 +202,26 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       if (!(err instanceof ZtError)) logger.error({ reqId: ctx.id, err }, 'pipeline failed');
       sendProblem(reply, ctx.id, err);
     };
+    const raw = reply.raw as Marked<FastifyReply['raw']>;
+    const declined = (request.raw.socket as Marked<typeof request.raw.socket>)[DECLINED_UPGRADE];
+    if (declined !== undefined) {
+      // After an ignored Upgrade the connection ends with this answer. A request the client
+      // pipelined behind it is refused unseen by any upstream: it was sent to a connection the
+      // client expected to speak another protocol by then.
+      raw.shouldKeepAlive = false;
+      if (declined !== request.raw) return refuse(new BadRequestError('request after an ignored upgrade'));
+    }
     const proceed = (): void => {
+      // The parser refused the rest of this request (a broken chunk, a body timeout) while the
+      // pipeline ran: that refusal is the answer, and nothing is forwarded.
+      if (raw[CLIENT_ERROR] !== undefined) return;
       state.upstreamStartedAt = performance.now();
+      // RFC 9110 §10.1.1: the client is invited to send its body only now, after authn,
+      // device and policy passed; a refused request never had its body read.
+      if (raw[EXPECTS_CONTINUE] === true) {
+        raw[EXPECTS_CONTINUE] = false;
+        raw.writeContinue();
+      }
       try {
         forward(reply, ctx, runtime.forwarding, hooks);
       } catch (err) {
@@ -184,31 +262,29 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   app.addHook('onResponse', (request, reply, done) => {
     const state = request.zt;
     const ctx = state?.ctx;
-    const route = ctx?.route?.name ?? 'none';
-    const status = reply.statusCode;
-    const error = state?.error;
-    const decision = error === undefined ? (status >= 500 && !ctx?.route ? 'error' : 'allow') : status === 401 || status === 403 ? 'deny' : 'error';
-    metrics.requests.inc(route, status, decision);
-    metrics.requestDuration.series(route).observe(reply.elapsedTime / 1000);
-    if (error !== undefined && status === 401) metrics.authFailures.inc({ reason: error.code });
-    opts.accessLogger.info(
-      {
-        reqId: request.id,
-        method: request.method,
-        path: ctx?.path || request.url,
-        route,
-        status,
-        ms: Math.round(reply.elapsedTime * 100) / 100,
-        decision,
-        sub: ctx?.identity?.subject,
-        client: ctx?.clientIp || request.socket.remoteAddress,
-        code: error?.code,
-      },
-      'access',
-    );
+    record({
+      reqId: request.id,
+      method: request.method,
+      path: ctx?.path || request.raw.url,
+      route: ctx?.route?.name,
+      status: reply.statusCode,
+      ms: reply.elapsedTime,
+      error: state?.error ?? (reply.raw as Marked<FastifyReply['raw']>)[CLIENT_ERROR],
+      sub: ctx?.identity?.subject,
+      client: ctx?.clientIp || request.socket.remoteAddress,
+    });
     done();
   });
 
-  attachWebSocketProxy(app, { holder, logger, isDraining: opts.isDraining });
+  // Expect: 100-continue. Node would send 100 as soon as the head arrives, inviting an
+  // unauthenticated client to upload; the handler sends it once the pipeline passed. Other
+  // expectations are ignored (RFC 9110 §10.1.1 allows it): the header is not forwarded.
+  app.server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    (res as Marked<http.ServerResponse>)[EXPECTS_CONTINUE] = true;
+    app.server.emit('request', req, res);
+  });
+  app.server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => app.server.emit('request', req, res));
+
+  attachUpgradeHandling(app.server, { holder, logger, isDraining: opts.isDraining, record, metrics });
   return app;
 }

@@ -47,7 +47,29 @@ function connectRedis(config: NonNullable<Config['redis']>, logger: Logger, metr
     if (!healthy) logger.info('redis reachable again');
     healthy = true;
   });
+  redis.once('ready', () => void warnIfEvicting(redis, logger));
   return redis;
+}
+
+/**
+ * DPoP jtis are keys with a TTL. Under an evicting maxmemory-policy (allkeys-*, and
+ * volatile-* which picks exactly such keys) a full Redis forgets live jtis, the replay
+ * CVE-2026-41707 is about; under noeviction it refuses the SET and requests fail closed.
+ * Managed Redis often forbids CONFIG: then nothing is said.
+ */
+async function warnIfEvicting(redis: Redis, logger: Logger): Promise<void> {
+  try {
+    const reply = (await redis.call('CONFIG', 'GET', 'maxmemory-policy')) as string[];
+    const policy = reply?.[1];
+    if (policy !== undefined && policy !== 'noeviction') {
+      logger.warn(
+        { maxmemoryPolicy: policy },
+        'redis maxmemory-policy evicts keys: when Redis is full it can forget live DPoP jtis (replayable proofs); set maxmemory-policy noeviction for the replay cache',
+      );
+    }
+  } catch {
+    // CONFIG disabled or renamed: the operator has to check the policy themselves.
+  }
 }
 
 /** The names policies may refer to, from the config they run under. */
@@ -91,21 +113,38 @@ export async function openRegistry(
 }
 
 /**
- * A full in-memory replay cache forgets live jtis: a metric for every one, and a log line
- * at the 1st, 10th, 100th… so a sustained overflow is visible without a line per request.
+ * A full in-memory replay cache refuses new proofs rather than forget a live jti
+ * (CVE-2026-41707): a metric for every refusal, and a log line at the 1st, 10th, 100th…
+ * of each reason, so a sustained flood is visible without a line per request.
  */
-function earlyEvictionReporter(maxEntries: number, logger: Logger, metrics: GatewayMetrics): (info: { remainingMs: number }) => void {
-  let count = 0;
-  let nextLogAt = 1;
-  return ({ remainingMs }) => {
-    metrics.replayEarlyEvictions.inc();
-    if (++count < nextLogAt) return;
-    nextLogAt *= 10;
-    logger.warn(
-      { evicted: count, remainingMs: Math.round(remainingMs), maxEntries },
-      'DPoP replay cache full: forgot jtis still inside their window, so those proofs could be replayed; raise identity.dpop.replayCacheMaxEntries or use Redis',
-    );
+function replayRefusalReporter(
+  limits: { maxEntries: number; perKey: number },
+  logger: Logger,
+  metrics: GatewayMetrics,
+): (info: { reason: 'full' | 'partition_full'; size: number; partition: string }) => void {
+  const counts = { full: 0, partition_full: 0 };
+  const nextLogAt = { full: 1, partition_full: 1 };
+  return ({ reason, size, partition }) => {
+    metrics.replayRefusals.inc({ reason: reason === 'full' ? 'cache_full' : 'key_full' });
+    if (++counts[reason] < nextLogAt[reason]) return;
+    nextLogAt[reason] *= 10;
+    if (reason === 'full') {
+      logger.warn(
+        { refused: counts.full, size, maxEntries: limits.maxEntries },
+        'DPoP replay cache full of live jtis: new proofs refused (503) until some expire; raise identity.dpop.replayCacheMaxEntries or use Redis',
+      );
+    } else {
+      logger.warn(
+        { refused: counts.partition_full, perKey: limits.perKey, jkt: partition },
+        'DPoP replay cache: a key holds its whole share of live jtis (identity.dpop.replayCacheKeyShare); its new proofs are refused (503), other keys unaffected',
+      );
+    }
   };
+}
+
+/** Live jtis one DPoP key may hold in the memory cache: its share, at least one. */
+function replayCacheLimits(dpop: Config['identity']['dpop']): { maxEntries: number; perKey: number } {
+  return { maxEntries: dpop.replayCacheMaxEntries, perKey: Math.max(1, Math.floor(dpop.replayCacheMaxEntries * dpop.replayCacheKeyShare)) };
 }
 
 export async function createServices(config: Config, configDir: string, logger: Logger, metrics: GatewayMetrics): Promise<Services> {
@@ -118,11 +157,13 @@ export async function createServices(config: Config, configDir: string, logger: 
     },
     onReload: () => logger.info('device file reloaded'),
   });
+  const replayLimits = replayCacheLimits(config.identity.dpop);
   const replayCache =
     redis === undefined
       ? createMemoryReplayCache({
-          maxEntries: config.identity.dpop.replayCacheMaxEntries,
-          onEarlyEviction: earlyEvictionReporter(config.identity.dpop.replayCacheMaxEntries, logger, metrics),
+          maxEntries: replayLimits.maxEntries,
+          maxEntriesPerPartition: replayLimits.perKey,
+          onRefused: replayRefusalReporter(replayLimits, logger, metrics),
         })
       : createRedisReplayCache({ redis, prefix: 'ztgw:dpop:jti:', timeoutMs: config.redis!.commandTimeoutMs });
   let policies: PolicySource | undefined;

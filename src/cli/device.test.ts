@@ -106,9 +106,107 @@ describe('ztgw device', () => {
     const r = await run('revoke', '--id', A);
     expect(r).toEqual({ code: 0, out: `revoked ${A} at ${NOW.toISOString()}\n`, err: '' });
     expect((await registry.get(A))?.revokedAt).toBe(NOW.toISOString());
-    // Re-enrolling brings it back.
-    await run('enroll', '--id', A, '--owner', 'alice');
+    // Re-enrolling keeps it revoked, and says so…
+    const again = await run('enroll', '--id', A, '--owner', 'alice');
+    expect(again.code).toBe(0);
+    expect(again.out).toContain(`note: ${A} stays revoked (since ${NOW.toISOString()}); re-enroll with --reinstate`);
+    expect((await registry.get(A))?.revokedAt).toBe(NOW.toISOString());
+    // …only --reinstate brings it back.
+    expect((await run('enroll', '--id', A, '--owner', 'alice', '--reinstate')).out).toBe(`enrolled ${A} (owner alice, trust low)\n`);
     expect((await registry.get(A))?.revokedAt).toBeUndefined();
+  });
+
+  describe('--issuer', () => {
+    const corp = { name: 'corp', issuer: 'https://idp.corp.example/' };
+    const partner = { name: 'partner', issuer: 'https://login.partner.example/' };
+    async function runWith(issuers: { name: string; issuer: string }[], ...args: string[]) {
+      const out = capture();
+      const err = capture();
+      const code = await runDeviceCommand(args, registry, out.stream, err.stream, () => NOW, issuers);
+      return { code, out: out.text(), err: err.text() };
+    }
+
+    it('defaults to the only configured issuer, stored as its iss', async () => {
+      const r = await runWith([corp], 'enroll', '--id', A, '--owner', 'alice');
+      expect(r).toEqual({ code: 0, out: `enrolled ${A} (owner alice at https://idp.corp.example/, trust low)\n`, err: '' });
+      expect((await registry.get(A))?.issuer).toBe(corp.issuer);
+    });
+
+    it('is required when several issuers are configured', async () => {
+      const r = await runWith([corp, partner], 'enroll', '--id', A, '--owner', 'alice');
+      expect(r.code).toBe(2);
+      expect(r.err).toContain('--issuer is required when several issuers are configured (corp, partner)');
+      expect(await registry.list()).toEqual([]);
+    });
+
+    it('takes a configured name or iss, and refuses anything else', async () => {
+      expect((await runWith([corp, partner], 'enroll', '--id', A, '--owner', 'alice', '--issuer', 'partner')).code).toBe(0);
+      expect((await registry.get(A))?.issuer).toBe(partner.issuer);
+      expect((await runWith([corp, partner], 'enroll', '--id', B, '--owner', 'bob', '--issuer', corp.issuer)).code).toBe(0);
+      expect((await registry.get(B))?.issuer).toBe(corp.issuer);
+      const typo = await runWith([corp, partner], 'enroll', '--id', B, '--owner', 'bob', '--issuer', 'crop');
+      expect(typo.code).toBe(2);
+      expect(typo.err).toContain('--issuer "crop" is not a configured issuer name or iss; configured: corp (https://idp.corp.example/), partner');
+      expect((await registry.get(B))?.issuer).toBe(corp.issuer);
+    });
+  });
+
+  describe('checkin and update', () => {
+    const LATER = new Date('2025-03-20T10:00:00.000Z');
+    async function runAt(now: Date, ...args: string[]) {
+      const out = capture();
+      const err = capture();
+      const code = await runDeviceCommand(args, registry, out.stream, err.stream, () => now);
+      return { code, out: out.text(), err: err.text() };
+    }
+
+    it('checkin sets lastCheckIn to now (or --at) and nothing else', async () => {
+      await run('enroll', '--id', A, '--owner', 'alice', '--managed', '--trust', 'high', '--label', 'MacBook');
+      const before = (await registry.get(A))!;
+      const r = await runAt(LATER, 'checkin', '--id', A);
+      expect(r).toEqual({ code: 0, out: `checked in ${A} at ${LATER.toISOString()}\n`, err: '' });
+      expect(await registry.get(A)).toEqual({ ...before, posture: { ...before.posture, lastCheckIn: LATER.toISOString() } });
+      expect((await runAt(LATER, 'checkin', '--id', A, '--at', '2025-03-21T00:00:00+01:00')).code).toBe(0);
+      expect((await registry.get(A))?.posture.lastCheckIn).toBe('2025-03-21T00:00:00+01:00');
+    });
+
+    it('update changes the posture fields named, with --no-* for false, and checks in', async () => {
+      await run('enroll', '--id', A, '--owner', 'alice', '--managed', '--disk-encrypted', '--os', 'macOS', '--os-version', '14.5', '--trust', 'high');
+      const r = await runAt(LATER, 'update', '--id', A, '--no-managed', '--os-version', '15.1', '--trust', 'medium', '--label', 'old mac');
+      expect(r.code).toBe(0);
+      expect(r.out).toBe(`updated ${A} (trust medium, managed no, disk encrypted yes, check-in ${LATER.toISOString()})\n`);
+      expect(await registry.get(A)).toMatchObject({
+        owner: 'alice',
+        label: 'old mac',
+        posture: { managed: false, diskEncrypted: true, os: 'macOS', osVersion: '15.1', trustLevel: 'medium', lastCheckIn: LATER.toISOString() },
+      });
+    });
+
+    it('neither clears a revocation', async () => {
+      await run('enroll', '--id', A, '--owner', 'alice');
+      await run('revoke', '--id', A);
+      const c = await runAt(LATER, 'checkin', '--id', A);
+      expect(c.code).toBe(0);
+      expect(c.out).toContain(`note: ${A} is revoked (since ${NOW.toISOString()}) and stays refused`);
+      expect((await runAt(LATER, 'update', '--id', A, '--managed', '--trust', 'high')).code).toBe(0);
+      expect((await registry.get(A))?.revokedAt).toBe(NOW.toISOString());
+    });
+
+    it.each([
+      [['checkin'], 2, /checkin: --id FP is required/],
+      [['checkin', '--id', A, '--managed'], 2, /Unknown option '--managed'/],
+      [['update', '--id', A, '--trust', 'ultra'], 2, /--trust must be one of/],
+      [['update', '--id', A, '--at', 'yesterday'], 2, /--at: must be an ISO 8601 date-time/],
+      [['update', '--id', 'short'], 2, /--id: must be a 43-character/],
+      [['checkin', '--id', B], 1, new RegExp(`no device ${B} is enrolled`)],
+    ])('%j exits %i', async (args, code, message) => {
+      await run('enroll', '--id', A, '--owner', 'alice');
+      const before = await registry.get(A);
+      const r = await runAt(LATER, ...(args as string[]));
+      expect(r.code).toBe(code);
+      expect(r.err).toMatch(message);
+      expect(await registry.get(A)).toEqual(before);
+    });
   });
 
   it('revoke of an unknown device exits 1', async () => {
@@ -168,6 +266,7 @@ describe('ztgw device against an unavailable registry', () => {
       list: () => Promise.reject(new DeviceRegistryUnavailableError('device registry: Redis SMEMBERS failed: connect ECONNREFUSED')),
       enroll: () => Promise.reject(new DeviceRegistryUnavailableError('x')),
       revoke: () => Promise.reject(new DeviceRegistryUnavailableError('x')),
+      update: () => Promise.reject(new DeviceRegistryUnavailableError('x')),
       close: async () => {},
     };
     const out = capture();

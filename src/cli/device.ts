@@ -1,27 +1,44 @@
-// `ztgw device enroll|list|revoke`: the operator's view of the device registry. Works on
-// whichever registry the config names (file or Redis); the caller builds it and passes it
-// in. Exit codes follow ztgw: 0 ok, 1 runtime failure (registry unavailable, unknown
-// device on revoke), 2 bad input (usage, an invalid id or field, a broken registry file).
+// `ztgw device enroll|list|revoke|checkin|update`: the operator's (and an MDM job's) view
+// of the device registry. Works on whichever registry the config names (file or Redis);
+// the caller builds it and passes it in. Exit codes follow ztgw: 0 ok, 1 runtime failure
+// (registry unavailable, unknown device on revoke/checkin/update), 2 bad input (usage, an
+// invalid id or field, an unknown issuer, a broken registry file).
 import { parseArgs } from 'node:util';
 import { ConfigError, formatIssue } from '../config/load.ts';
 import {
   DeviceRegistryUnavailableError,
   DeviceValidationError,
   TRUST_LEVELS,
+  type DevicePosture,
   type DeviceRecord,
   type DeviceRegistry,
   type TrustLevel,
 } from '../identity/devices/registry.ts';
 
+/** A configured issuer as the CLI needs it: the name operators type, the `iss` records keep. */
+export interface IssuerRef {
+  readonly name: string;
+  readonly issuer: string;
+}
+
 export const DEVICE_USAGE = `usage: ztgw device <command> [options]
 
-  enroll --id FP --owner SUB [--managed] [--disk-encrypted] [--os NAME] [--os-version V]
-         [--trust low|medium|high] [--label L]
-                  enroll (or re-enroll, clearing a revocation) the device whose key has
-                  fingerprint FP: the JWK thumbprint of its DPoP key or the x5t#S256 of
-                  its client certificate. Trust defaults to low; check-in is now.
+  enroll --id FP --owner SUB [--issuer NAME|ISS] [--managed] [--disk-encrypted] [--os NAME]
+         [--os-version V] [--trust low|medium|high] [--label L] [--reinstate]
+                  enroll (or re-enroll) the device whose key has fingerprint FP: the JWK
+                  thumbprint of its DPoP key or the x5t#S256 of its client certificate,
+                  owned by SUB at the issuer (its config name or iss; default the only
+                  configured issuer). Trust defaults to low; check-in is now. Re-enrolling
+                  a revoked device keeps it revoked unless --reinstate is given.
   list [--json]   every device, revoked ones included
   revoke --id FP  revoke the device now; it stays listed with its revocation time
+  checkin --id FP [--at ISO]
+                  record a check-in (posture.lastCheckIn = now, or ISO): the device is no
+                  longer stale. Never clears a revocation.
+  update --id FP [--managed|--no-managed] [--disk-encrypted|--no-disk-encrypted]
+         [--os NAME] [--os-version V] [--trust low|medium|high] [--label L] [--at ISO]
+                  change the posture fields given (an MDM sync) and record a check-in;
+                  owner, issuer and revocation are never changed.
 `;
 
 class UsageError extends Error {}
@@ -33,16 +50,22 @@ export async function runDeviceCommand(
   /** Where errors go; defaults to `out`. ztgw passes stderr. */
   err: NodeJS.WritableStream = out,
   now: () => Date = () => new Date(),
+  /** The config's issuers: what --issuer may name, and its default when there is one. */
+  issuers: readonly IssuerRef[] = [],
 ): Promise<number> {
   const [command, ...rest] = args;
   try {
     switch (command) {
       case 'enroll':
-        return await enroll(rest, registry, out, err, now);
+        return await enroll(rest, registry, out, err, now, issuers);
       case 'list':
         return await list(rest, registry, out);
       case 'revoke':
         return await revoke(rest, registry, out, err, now);
+      case 'checkin':
+        return await update(rest, registry, out, err, now, { checkinOnly: true });
+      case 'update':
+        return await update(rest, registry, out, err, now, { checkinOnly: false });
       case undefined:
       case 'help':
       case '--help':
@@ -73,7 +96,14 @@ export async function runDeviceCommand(
   }
 }
 
-async function enroll(args: string[], registry: DeviceRegistry, out: NodeJS.WritableStream, _err: NodeJS.WritableStream, now: () => Date): Promise<number> {
+async function enroll(
+  args: string[],
+  registry: DeviceRegistry,
+  out: NodeJS.WritableStream,
+  _err: NodeJS.WritableStream,
+  now: () => Date,
+  issuers: readonly IssuerRef[],
+): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
@@ -87,6 +117,8 @@ async function enroll(args: string[], registry: DeviceRegistry, out: NodeJS.Writ
       'os-version': { type: 'string', default: '' },
       trust: { type: 'string', default: 'low' },
       label: { type: 'string' },
+      issuer: { type: 'string' },
+      reinstate: { type: 'boolean', default: false },
     },
   });
   if (values.id === undefined) throw new UsageError('enroll: --id FP is required');
@@ -94,9 +126,11 @@ async function enroll(args: string[], registry: DeviceRegistry, out: NodeJS.Writ
   if (!TRUST_LEVELS.includes(values.trust as TrustLevel)) {
     throw new UsageError(`enroll: --trust must be one of ${TRUST_LEVELS.join(', ')}, got "${values.trust}"`);
   }
+  const issuer = ownerIssuer(values.issuer, issuers);
   const record = await registry.enroll({
     id: values.id,
     owner: values.owner,
+    ...(issuer !== undefined && { issuer }),
     posture: {
       managed: values.managed,
       diskEncrypted: values['disk-encrypted'],
@@ -107,8 +141,85 @@ async function enroll(args: string[], registry: DeviceRegistry, out: NodeJS.Writ
       trustLevel: values.trust as TrustLevel,
     },
     ...(values.label !== undefined && { label: values.label }),
+  }, { reinstate: values.reinstate });
+  out.write(`enrolled ${record.id} (owner ${record.owner}${issuer === undefined ? '' : ` at ${issuer}`}, trust ${record.posture.trustLevel})\n`);
+  if (record.revokedAt !== undefined) {
+    out.write(`note: ${record.id} stays revoked (since ${record.revokedAt}); re-enroll with --reinstate to allow it again\n`);
+  }
+  return 0;
+}
+
+/**
+ * The `iss` a record keeps for --issuer: a configured issuer's name or its iss, checked
+ * against the config so a typo cannot enrol a device nobody can own. Without the flag the
+ * only configured issuer; with several, the operator must say which.
+ */
+function ownerIssuer(given: string | undefined, issuers: readonly IssuerRef[]): string | undefined {
+  if (given === undefined) {
+    if (issuers.length <= 1) return issuers[0]?.issuer;
+    throw new UsageError(`enroll: --issuer is required when several issuers are configured (${issuers.map((i) => i.name).join(', ')})`);
+  }
+  const found = issuers.find((i) => i.name === given || i.issuer === given);
+  if (found === undefined) {
+    const known = issuers.length === 0 ? 'none are configured' : `configured: ${issuers.map((i) => `${i.name} (${i.issuer})`).join(', ')}`;
+    throw new UsageError(`enroll: --issuer "${given}" is not a configured issuer name or iss; ${known}`);
+  }
+  return found.issuer;
+}
+
+/**
+ * `checkin` and `update`: a device reports in (or an MDM sync reports for it) without
+ * being re-enrolled, so `devices.staleAfterS` measures silence, not time since enrolment.
+ */
+async function update(
+  args: string[],
+  registry: DeviceRegistry,
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream,
+  now: () => Date,
+  { checkinOnly }: { checkinOnly: boolean },
+): Promise<number> {
+  const name = checkinOnly ? 'checkin' : 'update';
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    allowPositionals: false,
+    allowNegative: !checkinOnly,
+    options: {
+      id: { type: 'string' },
+      at: { type: 'string' },
+      ...(!checkinOnly && {
+        managed: { type: 'boolean' },
+        'disk-encrypted': { type: 'boolean' },
+        os: { type: 'string' },
+        'os-version': { type: 'string' },
+        trust: { type: 'string' },
+        label: { type: 'string' },
+      }),
+    },
   });
-  out.write(`enrolled ${record.id} (owner ${record.owner}, trust ${record.posture.trustLevel})\n`);
+  const v = values as Record<string, string | boolean | undefined>;
+  if (v.id === undefined) throw new UsageError(`${name}: --id FP is required`);
+  if (v.trust !== undefined && !TRUST_LEVELS.includes(v.trust as TrustLevel)) {
+    throw new UsageError(`${name}: --trust must be one of ${TRUST_LEVELS.join(', ')}, got "${v.trust}"`);
+  }
+  const posture: Partial<DevicePosture> = { lastCheckIn: (v.at as string | undefined) ?? now().toISOString() };
+  if (v.managed !== undefined) posture.managed = v.managed as boolean;
+  if (v['disk-encrypted'] !== undefined) posture.diskEncrypted = v['disk-encrypted'] as boolean;
+  if (v.os !== undefined) posture.os = v.os as string;
+  if (v['os-version'] !== undefined) posture.osVersion = v['os-version'] as string;
+  if (v.trust !== undefined) posture.trustLevel = v.trust as TrustLevel;
+  const record = await registry.update(v.id as string, { posture, ...(v.label !== undefined && { label: v.label as string }) });
+  if (record === undefined) {
+    err.write(`ztgw device: no device ${v.id} is enrolled\n`);
+    return 1;
+  }
+  out.write(
+    checkinOnly
+      ? `checked in ${record.id} at ${record.posture.lastCheckIn}\n`
+      : `updated ${record.id} (trust ${record.posture.trustLevel}, managed ${yesNo(record.posture.managed)}, disk encrypted ${yesNo(record.posture.diskEncrypted)}, check-in ${record.posture.lastCheckIn})\n`,
+  );
+  if (record.revokedAt !== undefined) out.write(`note: ${record.id} is revoked (since ${record.revokedAt}) and stays refused\n`);
   return 0;
 }
 
@@ -167,7 +278,9 @@ function flagOf(field: string): string {
   const flags: Record<string, string> = {
     id: '--id',
     owner: '--owner',
+    issuer: '--issuer',
     label: '--label',
+    'posture.lastCheckIn': '--at',
     'posture.diskEncrypted': '--disk-encrypted',
     'posture.osVersion': '--os-version',
     'posture.os': '--os',

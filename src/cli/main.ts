@@ -23,7 +23,7 @@ const USAGE = `usage: ztgw <command> [options]
   demo                     run the demo: echo upstream, dev issuer, gateway on 127.0.0.1:8080
   policy validate|test|explain|replay [options]
                            the security team's policy tooling (ztgw policy help)
-  device enroll|list|revoke --config FILE [options]
+  device enroll|list|revoke|checkin|update --config FILE [options]
                            manage the device registry the config names (ztgw device help)
   token --sub NAME [--groups a,b] [--aud AUD] [--ttl SECONDS]
                            print a development token signed by the demo's dev issuer
@@ -113,7 +113,8 @@ async function device(args: string[]): Promise<void> {
   const { config, dir } = loadConfigFile(file);
   const registry = await openRegistry(config, dir);
   try {
-    process.exitCode = await runDeviceCommand(rest, registry, process.stdout, process.stderr);
+    const issuers = config.identity.issuers.map((i) => ({ name: i.name, issuer: i.issuer }));
+    process.exitCode = await runDeviceCommand(rest, registry, process.stdout, process.stderr, undefined, issuers);
   } finally {
     await registry.close();
   }

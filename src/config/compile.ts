@@ -4,18 +4,19 @@
 import proxyaddr from 'proxy-addr';
 import { createHash } from 'node:crypto';
 import type { Config, RouteConfig } from './schema.ts';
-import type { CompiledRoute, Stage } from '../pipeline/context.ts';
+import type { CompiledRoute, RequestContext, Stage } from '../pipeline/context.ts';
 import { compileIssuer, type CompiledIssuer } from '../identity/issuers.ts';
 import { createTokenCache } from '../identity/token-cache.ts';
-import { createHygieneStage } from '../pipeline/hygiene.ts';
+import { compileAuthorities, createHygieneStage } from '../pipeline/hygiene.ts';
 import { canonicalPrefix, createRouteStage } from '../pipeline/route.ts';
 import { createAuthnStage } from '../pipeline/authn.ts';
 import { pipelineOf } from '../pipeline/run.ts';
 import { createDeviceStage } from '../pipeline/device.ts';
 import { createAssertionStage } from '../pipeline/assertion.ts';
 import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '../identity/assertion.ts';
-import { createDpopVerifier } from '../identity/dpop.ts';
+import { createDpopVerifier, DPOP_FAILURE_LABELS, type DpopFailureLabel } from '../identity/dpop.ts';
 import { compileForwardingPolicy, type ForwardingPolicy } from '../upstream/headers.ts';
+import { compileDenyList, type HeaderDenyList } from '../upstream/header-deny-list.ts';
 import type { Services } from '../services.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
@@ -48,11 +49,13 @@ export interface CompileDeps {
   readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'policies'>;
   /** Where decision lines go (unredacted: their fields are chosen, credentials excluded). */
   readonly decisionLog: Logger;
-  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors' | 'decisionLinesSuppressed'>;
+  /** The gateway's log (security events such as DPoP refusals). */
+  readonly logger: Logger;
+  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors' | 'decisionLinesSuppressed' | 'dpopFailures'>;
   readonly now?: () => number;
 }
 
-function compileRoute(route: RouteConfig, config: Config): CompiledRoute {
+function compileRoute(route: RouteConfig, config: Config, sharedDenyList: HeaderDenyList): CompiledRoute {
   const upstream = new URL(route.upstream);
   const basePath = upstream.pathname.replace(/\/+$/, '');
   return Object.freeze({
@@ -69,7 +72,17 @@ function compileRoute(route: RouteConfig, config: Config): CompiledRoute {
     deviceBinding: route.device.binding,
     requireEnrolledDevice: route.device.requireEnrolled,
     forwardAuthorization: route.forwardAuthorization,
+    // Routes without opt-ins share one list (and its memo of names seen).
+    denyList:
+      route.forwardHeaders.length === 0
+        ? sharedDenyList
+        : compileDenyList({ extra: denyExtra(config), allow: route.forwardHeaders }),
   });
+}
+
+/** server.stripHeaders and the assertion header join the built-in deny list. */
+function denyExtra(config: Config): string[] {
+  return [...config.server.stripHeaders, config.assertion.header];
 }
 
 function deepFreeze<T>(value: T): T {
@@ -85,17 +98,33 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
   const now = deps.now ?? Date.now;
   const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
   const issuers = frozen.identity.issuers.map((i) => compileIssuer(i, { configDir: deps.configDir }));
-  const routes = frozen.routes.map((r) => compileRoute(r, frozen));
+  const sharedDenyList = compileDenyList({ extra: denyExtra(frozen) });
+  const routes = frozen.routes.map((r) => compileRoute(r, frozen, sharedDenyList));
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
   const dpop = frozen.identity.dpop;
   const signingKeys = await loadSigningKeys(frozen.assertion, deps.configDir, deps.services.ephemeralKey);
   const assertions = createAssertionSigner(frozen.assertion, signingKeys, version);
+  // Every reason shows as a series from the start, so a rate() alert on jti_replay works
+  // before the first replay.
+  for (const reason of DPOP_FAILURE_LABELS) deps.metrics.dpopFailures.inc({ reason }, 0);
+  const onDpopFailure = (ctx: RequestContext, reason: DpopFailureLabel): void => {
+    deps.metrics.dpopFailures.inc({ reason });
+    // The nonce round trip (RFC 9449 §8) is normal traffic; the rest is a client bug or an attack.
+    const level = reason === 'nonce' || reason === 'nonce_missing' ? 'info' : 'warn';
+    deps.logger[level]({ reqId: ctx.id, route: ctx.route?.name, reason }, 'dpop proof refused');
+  };
   const stages = pipelineOf({
-    hygiene: createHygieneStage({ trust, maxBodyBytes: frozen.server.limits.maxBodyBytes }),
+    hygiene: createHygieneStage({
+      trust,
+      maxBodyBytes: frozen.server.limits.maxBodyBytes,
+      authorities: compileAuthorities(frozen.server.publicOrigins, frozen.routes.flatMap((r) => (r.hosts ?? []).filter((h) => h !== '*'))),
+      headersWithUnderscores: frozen.server.headersWithUnderscores,
+    }),
     route: createRouteStage(routes),
     authn: createAuthnStage({
       issuers: new Map(issuers.map((i) => [i.issuer, i])),
       cache: createTokenCache(frozen.identity.tokenCache),
+      dpopAlgorithms: dpop.algorithms,
       now,
     }),
     device: createDeviceStage({
@@ -110,6 +139,9 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       registry: deps.services.registry,
       fingerprints: deps.services.fingerprints,
       staleAfterS: frozen.devices.staleAfterS,
+      soleIssuer: frozen.identity.issuers.length === 1 ? frozen.identity.issuers[0]!.issuer : undefined,
+      dpopAlgorithms: dpop.algorithms,
+      onDpopFailure,
       now,
     }),
     authz:
@@ -142,7 +174,7 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     issuers: Object.freeze(issuers),
     stages,
     trust,
-    forwarding: compileForwardingPolicy(frozen.server.stripHeaders, frozen.assertion.header),
+    forwarding: compileForwardingPolicy(frozen.assertion.header),
     assertions,
   });
 }

@@ -65,7 +65,17 @@ const Server = Type.Object(
     stripHeaders: Type.Array(Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$' }), {
       default: [],
       description:
-        'Extra request headers never forwarded upstream, on top of the built-in list (x-zt-*, x-user*, x-forwarded-user, x-remote-user, x-original-url, x-rewrite-url).',
+        'Extra request headers never forwarded upstream nor shown to policies, on top of the built-in deny list (src/upstream/header-deny-list.ts: identity headers of access proxies, client-certificate, client-IP, original-URL, forwarding and method-override headers, x-zt-*, x-user*).',
+    }),
+    publicOrigins: Type.Array(Type.String({ pattern: '^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@]+$' }), {
+      default: [],
+      description:
+        'Origins clients reach this gateway by, e.g. "https://gw.example.com" or "http://127.0.0.1:8080". A request whose Host (or a trusted proxy\'s X-Forwarded-Host/-Proto) names another origin, and no route\'s hosts, gets 421. The matched origin is sent upstream as X-Forwarded-Host and is what DPoP proofs (htu) are checked against. Empty: only the address and port the client actually connected to (and localhost names on a loopback listener).',
+    }),
+    headersWithUnderscores: Type.Union([Type.Literal('drop'), Type.Literal('reject')], {
+      default: 'drop',
+      description:
+        'Request header names with "_" (CGI, WSGI, Rack and PHP-FPM read them as "-"): drop them (neither forwarded nor shown to policies) or refuse the request with 400. Like Envoy\'s headers_with_underscores_action.',
     }),
     profiling: Type.Boolean({
       default: false,
@@ -91,8 +101,18 @@ const Issuer = Type.Object(
     jwksUrl: Type.Optional(Type.String({ format: 'uri', description: 'Remote JWKS; cached, refetched on an unknown kid.' })),
     jwksFile: Type.Optional(Type.String({ minLength: 1, description: 'Local JWKS file, relative to this config file.' })),
     secret: Type.Optional(Type.String({ minLength: 32, description: 'Shared secret for HS* algorithms (use ${ENV} for it).' })),
-    clockToleranceS: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
-    groupsClaim: Type.String({ minLength: 1, default: 'groups' }),
+    clockToleranceS: Type.Integer({
+      minimum: 0,
+      maximum: 300,
+      default: 30,
+      description: 'Clock skew allowed on nbf, iat and auth_time. exp is honoured to the second (the identity assertion never outlives the token).',
+    }),
+    groupsClaim: Type.String({ minLength: 1, default: 'groups', description: 'Claim holding the groups: an array of strings or one space-separated string.' }),
+    maxTokenLifetimeS: Type.Integer({
+      minimum: 1,
+      default: 86_400,
+      description: 'Longest token lifetime accepted from this issuer: exp - iat, or exp - now when the token has no iat.',
+    }),
     jwksCacheMaxAgeS: Type.Integer({ minimum: 1, default: 600, description: 'Refetch the JWKS at least this often.' }),
     jwksCooldownS: Type.Integer({ minimum: 0, default: 30, description: 'Least time between refetches caused by unknown kids.' }),
     jwksTimeoutMs: Type.Integer({ minimum: 1, default: 5000 }),
@@ -123,7 +143,18 @@ const Dpop = Type.Object(
         { ...Strict, description: 'Require server-issued nonces in proofs (RFC 9449 §8).' },
       ),
     ),
-    replayCacheMaxEntries: Type.Integer({ minimum: 1000, default: 1_000_000, description: 'In-memory jti cache size (without Redis).' }),
+    replayCacheMaxEntries: Type.Integer({
+      minimum: 1000,
+      default: 1_000_000,
+      description: 'In-memory jti cache size (without Redis). When every entry is live, new proofs are refused (503), never a live jti forgotten.',
+    }),
+    replayCacheKeyShare: Type.Number({
+      exclusiveMinimum: 0,
+      maximum: 1,
+      default: 0.1,
+      description:
+        'Fraction of replayCacheMaxEntries one DPoP key (jkt) may hold; over it that key\'s new proofs are refused (503) while other keys go on. 0.1 of 1 000 000 lets one key make ~1 500 proofs/s over the default 66 s window.',
+    }),
   },
   { ...Strict, default: {} },
 );
@@ -176,6 +207,11 @@ const Route = Type.Object(
     forwardAuthorization: Type.Boolean({
       default: false,
       description: 'Forward the client\'s Authorization and DPoP headers upstream (off: the assertion is what upstreams trust).',
+    }),
+    forwardHeaders: Type.Array(Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^`|~-]+$' }), {
+      default: [],
+      description:
+        'Client request headers this route forwards (and shows to policies) although the built-in deny list or server.stripHeaders names them, e.g. x-forwarded-prefix for an upstream that trusts only this gateway. Not the gateway\'s own (X-Forwarded-For/-Proto/-Host, X-Request-Id, the assertion header) nor hop-by-hop ones.',
     }),
   },
   Strict,

@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import proxyaddr from 'proxy-addr';
 import type { Config, IssuerConfig, RouteConfig } from './schema.ts';
 import { isCredentialHeader } from '../policy/record-limits.ts';
+import { unforwardable } from '../upstream/header-deny-list.ts';
 
 export type ConfigPath = (string | number)[];
 export interface SemanticIssue {
@@ -29,10 +30,37 @@ export function checkSemantics(config: Config, baseDir: string): SemanticIssue[]
     ...trustedProxies(config.server.trustedProxies),
     ...readableFiles(config, baseDir),
     ...recordedHeaders(config),
+    ...forwardHeaders(config),
+    ...publicOrigins(config.server.publicOrigins),
     ...('redis' in config.devices.registry && config.redis === undefined
       ? [{ path: ['devices', 'registry', 'redis'], message: 'a Redis device registry needs a top-level redis section' }]
       : []),
   ];
+}
+
+/** A route may forward a denied header, never one the gateway writes or a hop-by-hop one. */
+function forwardHeaders(config: Config): SemanticIssue[] {
+  return config.routes.flatMap((route, i) =>
+    route.forwardHeaders.flatMap((name, j) =>
+      unforwardable([name], config.assertion.header).map((why) => ({ path: ['routes', i, 'forwardHeaders', j], message: `cannot forward ${why}` })),
+    ),
+  );
+}
+
+/** Each origin is scheme://host[:port], nothing more: it is compared with what clients send. */
+function publicOrigins(origins: readonly string[]): SemanticIssue[] {
+  return origins.flatMap((origin, i) => {
+    let url: URL;
+    try {
+      url = new URL(origin);
+    } catch {
+      return [{ path: ['server', 'publicOrigins', i], message: `"${origin}" is not a URL` }];
+    }
+    if (url.origin === 'null' || url.username !== '' || url.password !== '' || url.pathname !== '/' || url.search !== '' || url.hash !== '' || origin.endsWith('/')) {
+      return [{ path: ['server', 'publicOrigins', i], message: `"${origin}" must be an origin only: scheme://host[:port], no path, user or trailing slash` }];
+    }
+    return [];
+  });
 }
 
 function duplicateNames(items: readonly { name: string }[], at: ConfigPath, what: string): SemanticIssue[] {

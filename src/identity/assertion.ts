@@ -7,6 +7,10 @@
 // an assertion is reused for `reuseS` seconds for the same (route, subject, groups, device,
 // posture, config). It then carries no per-request id; X-Request-Id does. `reuseS: 0` signs
 // every request and adds the request id as `rid`, for upstreams that need it signed.
+//
+// An assertion never outlives the access token it vouches for: its exp, and how long it is
+// reused, are capped at the token's exp (else a token revoked by expiry would keep speaking
+// to upstreams through its assertion for up to `lifetimeS`).
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -138,12 +142,14 @@ export function createAssertionSigner(
 
   const sign = (ctx: RequestContext, nowMs: number, withRequestId: boolean): Promise<string> => {
     const iat = Math.floor(nowMs / 1000);
+    const tokenExp = ctx.identity?.expiresAt;
+    const exp = tokenExp === undefined ? iat + lifetimeS : Math.min(iat + lifetimeS, Math.floor(tokenExp));
     return new SignJWT({ ...claimsOf(ctx, configVersion), ...(withRequestId ? { rid: ctx.id } : {}) })
       .setProtectedHeader({ alg: active.alg, kid: active.kid, typ: 'zt-assertion+jwt' })
       .setIssuer(config.issuer)
       .setAudience(ctx.route!.name)
       .setIssuedAt(iat)
-      .setExpirationTime(iat + lifetimeS)
+      .setExpirationTime(exp)
       .setJti(randomUUID())
       .sign(active.privateKey);
   };
@@ -163,7 +169,8 @@ export function createAssertionSigner(
       const hit = entries.get(key);
       if (hit !== undefined && nowMs < hit.reuseUntilMs) return hit.value ?? hit.jwt;
       // Concurrent misses for the same key share one signature.
-      const entry: Reusable = { jwt: sign(ctx, nowMs, false), value: undefined, reuseUntilMs: nowMs + reuseMs };
+      const reuseUntilMs = identity.expiresAt === undefined ? nowMs + reuseMs : Math.min(nowMs + reuseMs, Math.floor(identity.expiresAt) * 1000);
+      const entry: Reusable = { jwt: sign(ctx, nowMs, false), value: undefined, reuseUntilMs };
       entry.jwt.then(
         (jwt) => (entry.value = jwt),
         () => entries.delete(key),

@@ -45,6 +45,14 @@ export type DpopFailureReason = keyof typeof REASONS;
 export const DPOP_FAILURE_REASONS = Object.freeze(Object.keys(REASONS) as DpopFailureReason[]);
 
 /**
+ * What a DPoP refusal is counted and logged as: the verifier's reasons, plus `scheme`, a
+ * DPoP-bound token presented with the Bearer scheme (RFC 9449 §7.1), which the caller
+ * catches before any proof is read. A closed set, so metric labels stay bounded.
+ */
+export type DpopFailureLabel = DpopFailureReason | 'scheme';
+export const DPOP_FAILURE_LABELS: readonly DpopFailureLabel[] = Object.freeze([...DPOP_FAILURE_REASONS, 'scheme']);
+
+/**
  * `invalid_dpop_proof` → 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`.
  * `use_dpop_nonce` → 401 with `error="use_dpop_nonce"` and a fresh `DPoP-Nonce` header
  * (RFC 9449 §9): the client retries with the nonce, so it is not an attack signal.
@@ -374,10 +382,12 @@ export function createDpopVerifier(opts: DpopOptions): DpopVerifier {
 
     // Replay (§11.1), last: only a proof that passed every other check may claim its jti,
     // so an invalid proof cannot burn a jti a valid one will use. Scoped by key: jti
-    // uniqueness is only the client's promise for its own proofs.
+    // uniqueness is only the client's promise for its own proofs. The jkt is also the
+    // partition: one key's flood of fresh proofs fills its own share of a memory cache,
+    // not everyone's.
     let first: boolean;
     try {
-      first = await replay.checkAndRemember(`${jkt}:${jti}`, replayTtlMs);
+      first = await replay.checkAndRemember(`${jkt}:${jti}`, replayTtlMs, jkt);
     } catch (err) {
       throw new DpopReplayStoreError({ cause: err });
     }

@@ -10,8 +10,11 @@ export interface CompiledIssuer {
   readonly issuer: string;
   readonly audiences: readonly string[];
   readonly algorithms: readonly string[];
+  /** Skew allowed on nbf, iat and auth_time; exp is honoured to the second (identity/claims.ts). */
   readonly clockToleranceS: number;
   readonly groupsClaim: string;
+  /** Longest exp - iat (or exp - now without iat) accepted from this issuer. */
+  readonly maxTokenLifetimeS: number;
   /** A key resolver for jwtVerify, or the shared secret for HS* issuers. */
   readonly key: JWTVerifyGetKey | Uint8Array;
   /** Present for remote JWKS: lets readiness probe the issuer. */
@@ -39,6 +42,7 @@ export function compileIssuer(config: IssuerConfig, deps: IssuerDeps): CompiledI
     algorithms: Object.freeze([...config.algorithms]),
     clockToleranceS: config.clockToleranceS,
     groupsClaim: config.groupsClaim,
+    maxTokenLifetimeS: config.maxTokenLifetimeS,
   };
   if (config.secret !== undefined) {
     return Object.freeze({ ...base, key: new TextEncoder().encode(config.secret) });

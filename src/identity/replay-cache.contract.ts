@@ -3,7 +3,7 @@
 // Redis's clock, which a test cannot inject.
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import type { ReplayCache } from './replay-cache.ts';
+import { ReplayCacheUnavailableError, type ReplayCache } from './replay-cache.ts';
 
 export interface ReplayCacheFixture {
   cache: ReplayCache;
@@ -71,6 +71,17 @@ export function replayCacheContract(name: string, make: () => Promise<ReplayCach
         // 260 ms after the first call: past its ttl, but inside a window restarted at 120 ms.
         await sleep(140);
         expect(await cache.checkAndRemember(key, 200)).toBe(true);
+      }));
+
+    it('a flood of fresh keys never makes it forget a live one: each is remembered or refused', () =>
+      withCache(async (cache) => {
+        const captured = `k-${randomUUID()}`;
+        expect(await cache.checkAndRemember(captured, 10_000, 'jkt-a')).toBe(true);
+        for (let i = 0; i < 2000; i++) {
+          const outcome = await cache.checkAndRemember(`k-${randomUUID()}`, 10_000, 'jkt-a').catch((e: unknown) => e);
+          if (outcome !== true) expect(outcome).toBeInstanceOf(ReplayCacheUnavailableError);
+        }
+        expect(await cache.checkAndRemember(captured, 10_000, 'jkt-a')).toBe(false);
       }));
 
     it('rejects a non-positive ttl instead of remembering nothing', () =>

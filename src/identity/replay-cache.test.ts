@@ -17,6 +17,11 @@ replayCacheContract('memory', async () => {
   return { cache, cleanup: () => cache.close() };
 });
 
+replayCacheContract('memory, with a per-partition share', async () => {
+  const cache = createMemoryReplayCache({ maxEntries: 1000, maxEntriesPerPartition: 100 });
+  return { cache, cleanup: () => cache.close() };
+});
+
 let server: RedisProcess;
 beforeAll(async () => {
   server = await startRedis();
@@ -57,45 +62,96 @@ describe('memory replay cache', () => {
     expect(await cache.checkAndRemember('k', 1000)).toBe(true);
   });
 
-  it('counts and reports a live entry evicted before its ttl, the replay it opens', async () => {
+  it('refuses a new key when every entry is live, and forgets none of them (CVE-2026-41707)', async () => {
     let now = 0;
-    const early: { remainingMs: number }[] = [];
-    const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now, onEarlyEviction: (e) => early.push(e) });
-    await cache.checkAndRemember('a', 1000);
-    now = 100;
-    await cache.checkAndRemember('b', 1000);
-    await cache.checkAndRemember('c', 1000);
-    expect(cache.size).toBe(2);
-    expect(cache.earlyEvictions).toBe(1);
-    expect(early).toEqual([{ remainingMs: 900 }]);
-    // This is the hazard maxEntries must be sized against: 'a' is replayable inside its window.
+    const refused: unknown[] = [];
+    const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now, onRefused: (e) => refused.push(e) });
     expect(await cache.checkAndRemember('a', 1000)).toBe(true);
-  });
-
-  it('does not count evicting an entry that had already expired', async () => {
-    let now = 0;
-    const early: unknown[] = [];
-    const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now, onEarlyEviction: (e) => early.push(e) });
-    await cache.checkAndRemember('a', 1000);
-    await cache.checkAndRemember('b', 1000);
+    now = 100;
+    expect(await cache.checkAndRemember('b', 1000)).toBe(true);
+    const err = await cache.checkAndRemember('c', 1000).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplayCacheUnavailableError);
+    expect((err as ReplayCacheUnavailableError).reason).toBe('full');
+    expect(cache.refusals).toBe(1);
+    expect(refused).toEqual([{ reason: 'full', size: 2, partition: '' }]);
+    // Both live entries are still there: the old behaviour evicted 'a' and let it be replayed.
+    expect(await cache.checkAndRemember('a', 1000)).toBe(false);
+    expect(await cache.checkAndRemember('b', 1000)).toBe(false);
+    expect(cache.size).toBe(2);
+    // Room comes back as entries expire, not before.
+    now = 999;
+    await expect(cache.checkAndRemember('c', 1000)).rejects.toBeInstanceOf(ReplayCacheUnavailableError);
     now = 1000;
-    await cache.checkAndRemember('c', 1000);
-    await cache.checkAndRemember('d', 1000);
-    expect(cache.earlyEvictions).toBe(0);
-    expect(early).toEqual([]);
+    expect(await cache.checkAndRemember('c', 1000)).toBe(true);
+    expect(await cache.checkAndRemember('b', 1000)).toBe(false);
   });
 
-  it('evicts in expiry order: a replay check does not make an entry "recent"', async () => {
+  it('makes room from expired entries, without a refusal', async () => {
     let now = 0;
     const cache = createMemoryReplayCache({ maxEntries: 2, now: () => now });
     await cache.checkAndRemember('a', 1000);
-    now = 1;
     await cache.checkAndRemember('b', 1000);
+    now = 1000;
+    expect(await cache.checkAndRemember('c', 1000)).toBe(true);
+    expect(await cache.checkAndRemember('d', 1000)).toBe(true);
+    expect(cache.refusals).toBe(0);
+  });
+
+  it('answers a replay as a replay even when full: a refusal is only for keys it has not seen', async () => {
+    const cache = createMemoryReplayCache({ maxEntries: 1, now: () => 0 });
+    expect(await cache.checkAndRemember('a', 1000)).toBe(true);
     expect(await cache.checkAndRemember('a', 1000)).toBe(false);
-    await cache.checkAndRemember('c', 1000);
-    // 'a' was the oldest and went first, although it was the most recently looked up.
-    expect(await cache.checkAndRemember('b', 1000)).toBe(false);
-    expect(cache.earlyEvictions).toBe(1);
+    await expect(cache.checkAndRemember('b', 1000)).rejects.toThrow(/live/);
+  });
+
+  it('bounds each partition to its share; other partitions go on; a full share forgets nothing', async () => {
+    let now = 0;
+    const refused: { reason: string }[] = [];
+    const cache = createMemoryReplayCache({ maxEntries: 100, maxEntriesPerPartition: 10, now: () => now, onRefused: (e) => refused.push(e) });
+    expect(await cache.checkAndRemember('k1:captured', 1000, 'k1')).toBe(true);
+    for (let i = 0; i < 9; i++) expect(await cache.checkAndRemember(`k1:${i}`, 1000, 'k1')).toBe(true);
+    // k1 holds its 10: its flood is refused from here on…
+    for (let i = 9; i < 50; i++) {
+      const err = await cache.checkAndRemember(`k1:${i}`, 1000, 'k1').catch((e: unknown) => e);
+      expect((err as ReplayCacheUnavailableError).reason).toBe('partition_full');
+    }
+    expect(refused).toHaveLength(41);
+    expect(refused.every((r) => r.reason === 'partition_full')).toBe(true);
+    // …the captured proof is still remembered, and another key is unaffected.
+    expect(await cache.checkAndRemember('k1:captured', 1000, 'k1')).toBe(false);
+    expect(await cache.checkAndRemember('k2:a', 1000, 'k2')).toBe(true);
+    expect(cache.size).toBe(11);
+    // k1's share frees as its entries expire.
+    now = 1000;
+    expect(await cache.checkAndRemember('k1:new', 1000, 'k1')).toBe(true);
+  });
+
+  it('a partition emptied by expiry is forgotten, so partitions do not pile up', async () => {
+    let now = 0;
+    const cache = createMemoryReplayCache({ maxEntries: 100_000, maxEntriesPerPartition: 2, now: () => now });
+    for (let p = 0; p < 3000; p++) await cache.checkAndRemember(`p${p}:x`, 1000, `p${p}`);
+    now = 2000;
+    // Every partition's entries expired: each may hold two new ones again.
+    for (let p = 0; p < 3000; p++) {
+      expect(await cache.checkAndRemember(`p${p}:y`, 1000, `p${p}`)).toBe(true);
+      expect(await cache.checkAndRemember(`p${p}:z`, 1000, `p${p}`)).toBe(true);
+    }
+    expect(cache.size).toBe(6000);
+    await expect(cache.checkAndRemember('p0:w', 1000, 'p0')).rejects.toThrow(/holds its 2/);
+  });
+
+  it('a renewed key keeps its partition count right when the ttl changed between calls', async () => {
+    let now = 0;
+    const cache = createMemoryReplayCache({ maxEntries: 10, maxEntriesPerPartition: 2, now: () => now });
+    expect(await cache.checkAndRemember('long', 10_000, 'p')).toBe(true);
+    expect(await cache.checkAndRemember('short', 100, 'p')).toBe(true);
+    now = 200; // 'short' expired but sits behind 'long', which has not
+    expect(await cache.checkAndRemember('short', 100, 'p')).toBe(true);
+    expect(await cache.checkAndRemember('short', 100, 'p')).toBe(false);
+    await expect(cache.checkAndRemember('third', 100, 'p')).rejects.toThrow(/holds its 2/);
+    now = 20_000;
+    expect(await cache.checkAndRemember('third', 100, 'p')).toBe(true);
+    expect(cache.size).toBe(1);
   });
 
   it('drops expired entries as new ones arrive: it holds the live window, not everything ever seen', async () => {
@@ -110,7 +166,7 @@ describe('memory replay cache', () => {
     expect(cache.size).toBe(51);
     expect(await cache.checkAndRemember('mid-0', 1000)).toBe(false);
     expect(await cache.checkAndRemember('old-0', 1000)).toBe(true);
-    expect(cache.earlyEvictions).toBe(0);
+    expect(cache.refusals).toBe(0);
   });
 
   it('tells keys apart however long and however alike (it remembers digests, not keys)', async () => {
@@ -123,6 +179,7 @@ describe('memory replay cache', () => {
   });
 
   it('refuses an unbounded or nonsensical size', () => {
+    expect(() => createMemoryReplayCache({ maxEntries: 10, maxEntriesPerPartition: 0 })).toThrow(RangeError);
     expect(() => createMemoryReplayCache({ maxEntries: 0 })).toThrow(RangeError);
     expect(() => createMemoryReplayCache({ maxEntries: 1.5 })).toThrow(RangeError);
     expect(() => createMemoryReplayCache({ maxEntries: Number.POSITIVE_INFINITY })).toThrow(RangeError);

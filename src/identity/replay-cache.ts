@@ -6,20 +6,30 @@ import { hash } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 
 export interface ReplayCache {
-  /** true if first seen (and now remembered for ttlMs), false if seen before */
-  checkAndRemember(key: string, ttlMs: number): Promise<boolean>;
+  /**
+   * true if first seen (and now remembered for ttlMs), false if seen before. `partition`
+   * names whose key it is (the DPoP jkt): a store may bound what one partition holds.
+   */
+  checkAndRemember(key: string, ttlMs: number, partition?: string): Promise<boolean>;
   close?(): Promise<void>;
 }
 
 /**
- * The store could not answer (Redis down, slow or replying nonsense). The key was not
- * checked, so the caller must apply its declared failure mode; treating this as "first
- * seen" would let every replay through while Redis is down.
+ * timeout, error: Redis did not answer, or answered nonsense. full: the memory cache holds
+ * only live entries. partition_full: this partition (DPoP key) holds its whole share.
+ */
+export type ReplayCacheFailure = 'timeout' | 'error' | 'full' | 'partition_full';
+
+/**
+ * The store could not answer (Redis down, slow or replying nonsense), or could not
+ * remember the key without forgetting a live one. The key was not recorded, so the caller
+ * must apply its declared failure mode; treating this as "first seen" would let every
+ * replay through while Redis is down or the cache is full.
  */
 export class ReplayCacheUnavailableError extends Error {
-  readonly reason: 'timeout' | 'error';
+  readonly reason: ReplayCacheFailure;
 
-  constructor(reason: 'timeout' | 'error', message: string, options?: { cause?: unknown }) {
+  constructor(reason: ReplayCacheFailure, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'ReplayCacheUnavailableError';
     this.reason = reason;
@@ -37,24 +47,31 @@ function checkTtl(ttlMs: number): number {
 
 export interface MemoryReplayCacheOptions {
   /**
-   * Upper bound on remembered keys. It must exceed the peak rate of accepted proofs times
-   * the ttl (e.g. 2 000 proofs/s × 70 s window = 140 000): a full cache forgets its oldest
-   * entry, and an entry forgotten before its ttl is a proof that can be replayed. Those
-   * are counted and reported through `onEarlyEviction`; alert on them. About 60 bytes of
-   * heap per entry, whatever the key's length.
+   * Upper bound on remembered keys. A full cache of live entries refuses new keys (rejects
+   * with ReplayCacheUnavailableError, reason "full") rather than forgetting a live one: an
+   * entry forgotten before its ttl is a proof that can be replayed (CVE-2026-41707, Spring
+   * Security's DPoP support). Size it above the peak rate of accepted proofs times the ttl
+   * (e.g. 2 000 proofs/s × 66 s window = 132 000). About 72 bytes of heap per entry (1M entries
+   * measured), whatever the key's length.
    */
   maxEntries: number;
+  /**
+   * Live entries one partition (a DPoP key, jkt) may hold; over it that partition's new
+   * keys are refused (reason "partition_full") while other partitions go on. Stops one
+   * client from filling the cache for everyone. Default maxEntries (no per-partition bound).
+   */
+  maxEntriesPerPartition?: number;
   /** Milliseconds; defaults to performance.now (monotonic). */
   now?: () => number;
-  /** Called each time a still-live entry is evicted to make room (see maxEntries). */
-  onEarlyEviction?: (info: { remainingMs: number }) => void;
+  /** Called for each key refused for want of room (after the check that it is not a replay). */
+  onRefused?: (info: { reason: 'full' | 'partition_full'; size: number; partition: string }) => void;
 }
 
 export interface MemoryReplayCache extends ReplayCache {
   /** Entries held, live or expired-but-not-yet-dropped. */
   readonly size: number;
-  /** Live entries evicted before their ttl since creation: each one is a replay window. */
-  readonly earlyEvictions: number;
+  /** Keys refused since creation because the cache or their partition was full. */
+  readonly refusals: number;
   close(): Promise<void>;
 }
 
@@ -64,7 +81,8 @@ const SWEEP_LAG_MS = 100;
 /**
  * 96 bits of SHA-256 (12 bytes as a latin1 string): what the cache remembers instead of
  * the key. A jkt:jti key is 80 to 300 client-chosen characters; a full cache of them held
- * ~590 bytes of heap per entry (1M entries, lru-cache), this 62. A collision can only make
+ * ~590 bytes of heap per entry (1M entries, lru-cache), this 62 (72 with the partition
+ * queue below). A collision can only make
  * a fresh proof look replayed (a refusal, never an acceptance); at 1M entries its chance
  * per request is about 1e-23. Under 13 characters V8 copies a slice rather than pointing
  * into the whole digest, so nothing else stays alive; latin1 avoids a Buffer per call.
@@ -73,20 +91,35 @@ function digestOf(key: string): string {
   return hash('sha256', key, 'binary').slice(0, 12); // 'binary' is Node's name for latin1
 }
 
+/** A partition's count of entries held; one object per partition with entries, shared by them. */
+interface Partition {
+  readonly name: string;
+  held: number;
+}
+
 export function createMemoryReplayCache(opts: MemoryReplayCacheOptions): MemoryReplayCache {
   if (!Number.isSafeInteger(opts.maxEntries) || opts.maxEntries <= 0) {
     throw new RangeError(`replay cache maxEntries must be a positive integer, got ${opts.maxEntries}`);
   }
   const maxEntries = opts.maxEntries;
+  const perPartition = opts.maxEntriesPerPartition ?? maxEntries;
+  if (!Number.isSafeInteger(perPartition) || perPartition <= 0) {
+    throw new RangeError(`replay cache maxEntriesPerPartition must be a positive integer, got ${perPartition}`);
+  }
   const now = opts.now ?? (() => performance.now());
-  const onEarlyEviction = opts.onEarlyEviction;
-  let earlyEvictions = 0;
+  const onRefused = opts.onRefused;
+  let refusals = 0;
 
   // Digest → expiry time, in insertion order. Entries are never refreshed, so with one ttl
   // per cache (the DPoP case) insertion order is expiry order: expired entries are dropped
-  // from the front as new ones arrive, and a full cache evicts the entry closest to expiry.
-  // (lru-cache kept expired entries until the cache filled, and every key in full.)
+  // from the front as new ones arrive. Nothing live is ever dropped.
   const entries = new Map<string, number>();
+  // The partition of each entry, in the same order (a queue from `head`): entries leave
+  // only from the front, both structures together, so dropping one names its partition
+  // without a per-entry object. 8 bytes per entry.
+  let owners: (Partition | undefined)[] = [];
+  let head = 0;
+  const partitions = new Map<string, Partition>();
   // Expired entries are dropped in batches (SWEEP_LAG_MS): a Map iterator per batch, not per call.
   let sweepAt = 0;
 
@@ -94,40 +127,71 @@ export function createMemoryReplayCache(opts: MemoryReplayCacheOptions): MemoryR
     for (const [id, expiresAt] of entries) {
       if (expiresAt > t) {
         sweepAt = expiresAt + SWEEP_LAG_MS;
-        return;
+        break;
       }
       entries.delete(id);
+      const owner = owners[head]!;
+      owners[head++] = undefined;
+      if (--owner.held === 0) partitions.delete(owner.name);
     }
-    sweepAt = t + SWEEP_LAG_MS;
+    if (entries.size === 0) sweepAt = t + SWEEP_LAG_MS;
+    // Compact the queue once its dead front is half of it: amortised O(1) per entry.
+    if (head > 1024 && head * 2 > owners.length) {
+      owners = owners.slice(head);
+      head = 0;
+    }
   }
 
-  function evictOldest(t: number): void {
-    const oldest = entries.entries().next().value;
-    if (oldest === undefined) return;
-    entries.delete(oldest[0]);
-    const remainingMs = oldest[1] - t;
-    if (remainingMs <= 0) return;
-    earlyEvictions++;
-    onEarlyEviction?.({ remainingMs });
+  function refuse(reason: 'full' | 'partition_full', partition: string): never {
+    refusals++;
+    onRefused?.({ reason, size: entries.size, partition });
+    throw new ReplayCacheUnavailableError(
+      reason,
+      reason === 'full'
+        ? `replay cache: all ${maxEntries} entries are live; refusing rather than forgetting one`
+        : `replay cache: this key already holds its ${perPartition} live entries`,
+    );
   }
 
   return {
     get size() {
       return entries.size;
     },
-    get earlyEvictions() {
-      return earlyEvictions;
+    get refusals() {
+      return refusals;
     },
-    async checkAndRemember(key, ttlMs) {
+    async checkAndRemember(key, ttlMs, partition = '') {
       const ttl = checkTtl(ttlMs);
       const t = now();
       const id = digestOf(key);
       const expiresAt = entries.get(id);
+      // A replay is answered as one even when the cache is full: the refusal below is for
+      // keys it has not seen.
       if (expiresAt !== undefined && t < expiresAt) return false;
-      // An expired entry is re-inserted at the end, so the order stays expiry order.
-      if (expiresAt !== undefined) entries.delete(id);
-      if (t >= sweepAt || entries.size >= maxEntries) dropExpired(t);
-      if (entries.size >= maxEntries) evictOldest(t);
+      if (t >= sweepAt || expiresAt !== undefined) dropExpired(t);
+      if (expiresAt !== undefined && entries.has(id)) {
+        // Expired but still held behind a longer-lived entry (the ttl changed): renewed in
+        // place, so the queue keeps naming the right partition for each position.
+        entries.set(id, Math.ceil(t + ttl));
+        return true;
+      }
+      let owner = partitions.get(partition);
+      if (owner !== undefined && owner.held >= perPartition && perPartition < maxEntries) {
+        dropExpired(t);
+        owner = partitions.get(partition);
+        if (owner !== undefined && owner.held >= perPartition) refuse('partition_full', partition);
+      }
+      if (entries.size >= maxEntries) {
+        dropExpired(t);
+        if (entries.size >= maxEntries) refuse('full', partition);
+        owner = partitions.get(partition);
+      }
+      if (owner === undefined) {
+        owner = { name: partition, held: 0 };
+        partitions.set(partition, owner);
+      }
+      owner.held++;
+      owners.push(owner);
       // Whole milliseconds (rounded up: a key kept a little longer is harmless) are small
       // integers the Map holds inline, not a heap-allocated number per entry.
       entries.set(id, Math.ceil(t + ttl));
@@ -135,6 +199,9 @@ export function createMemoryReplayCache(opts: MemoryReplayCacheOptions): MemoryR
     },
     async close() {
       entries.clear();
+      partitions.clear();
+      owners = [];
+      head = 0;
     },
   };
 }
@@ -159,6 +226,9 @@ export function createRedisReplayCache(opts: RedisReplayCacheOptions): ReplayCac
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new RangeError(`replay cache timeoutMs must be positive, got ${timeoutMs}`);
 
   return {
+    // No per-partition share here: Redis keeps every key until its PX expiry (with
+    // `maxmemory-policy noeviction` a full Redis refuses the SET, an error: fail closed),
+    // and a shared count per jkt would cost a second round trip or a script per proof.
     async checkAndRemember(key, ttlMs) {
       const ttl = checkTtl(ttlMs);
       let reply: unknown;

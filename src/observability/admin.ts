@@ -1,12 +1,17 @@
 // The admin plane: a separate listener for operators and their tooling, never for employees.
+// Its refusals are problem documents like the data plane's (problem.ts), with a request id.
+import { randomUUID } from 'node:crypto';
 import { PassThrough } from 'node:stream';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import type { Services } from '../services.ts';
 import { checkReadiness } from './readiness.ts';
 import { cpuProfile, heapSnapshot, MAX_PROFILE_SECONDS } from './profile.ts';
+import { toProblem } from './problem.ts';
+import { createClientErrorHandler } from './client-error.ts';
+import { BadPathError, BadRequestError, PayloadTooLargeError, RouteNotFoundError, ZtError } from '../pipeline/errors.ts';
 
 export interface AdminPlaneOptions {
   readonly holder: RuntimeHolder;
@@ -18,8 +23,34 @@ export interface AdminPlaneOptions {
   readonly lastReloadError?: () => string | undefined;
 }
 
+function sendProblem(reply: FastifyReply, err: unknown): FastifyReply {
+  const problem = toProblem(err, reply.request.id);
+  return reply.code(problem.status).headers(problem.headers).header('x-request-id', reply.request.id).send(problem.body);
+}
+
+/** Fastify's own errors (bad JSON-less bodies, oversized ones, unknown content types) onto the closed set. */
+function mapFrameworkError(err: Error & { statusCode?: number }): unknown {
+  if (err instanceof ZtError) return err;
+  if (err.statusCode === 413) return new PayloadTooLargeError('body over limit', { cause: err });
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return new BadRequestError('framework rejected request', { cause: err });
+  return err;
+}
+
 export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
-  const app = Fastify({ loggerInstance: opts.logger.child({ plane: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
+  const logger = opts.logger.child({ plane: 'admin' });
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    genReqId: () => randomUUID(),
+    frameworkErrors: (err, _request, reply) => sendProblem(reply, new BadPathError('router rejected url', { cause: err })),
+    clientErrorHandler: createClientErrorHandler({ onError: (err, reqId) => logger.debug({ reqId, err }, 'client error') }),
+  });
+  app.setNotFoundHandler((_request, reply) => sendProblem(reply, new RouteNotFoundError('no admin endpoint')));
+  app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    const mapped = mapFrameworkError(err);
+    if (!(mapped instanceof ZtError)) logger.error({ reqId: request.id, err }, 'admin endpoint failed');
+    return sendProblem(reply, mapped);
+  });
 
   const alive = async () => ({ status: 'ok' });
   app.get('/healthz', alive);
@@ -48,7 +79,7 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
     app.get<{ Querystring: { seconds?: string } }>('/debug/profile/cpu', async (request, reply) => {
       const seconds = Number(request.query.seconds ?? '10');
       if (!Number.isFinite(seconds) || seconds <= 0 || seconds > MAX_PROFILE_SECONDS) {
-        return reply.code(400).send({ error: `seconds must be in (0, ${MAX_PROFILE_SECONDS}]` });
+        return sendProblem(reply, new BadRequestError(`seconds must be in (0, ${MAX_PROFILE_SECONDS}]`));
       }
       const profile = await cpuProfile(seconds);
       return reply

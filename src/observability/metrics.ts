@@ -19,7 +19,9 @@ export interface GatewayMetrics {
   readonly authFailures: Counter<'reason'>;
   readonly configReloads: Counter<'result'>;
   readonly dependencyErrors: Counter<'dependency'>;
-  readonly replayEarlyEvictions: Counter;
+  /** DPoP refusals by the verifier's closed reason set (identity/dpop.ts DpopFailureReason). */
+  readonly dpopFailures: Counter<'reason'>;
+  readonly replayRefusals: Counter<'reason'>;
   readonly policyDecisions: LeanCounter<'effect'>;
   readonly policyRuleErrors: LeanCounter<'policy' | 'rule'>;
   readonly policyReloads: Counter<'result'>;
@@ -61,7 +63,13 @@ export function createMetrics(): GatewayMetrics {
     }),
     authFailures: new Counter({
       name: 'ztgw_auth_failures_total',
-      help: 'Requests refused before reaching a route handler, by error code.',
+      help: 'Requests refused by authentication (401) or authorization (403: policy deny, revoked or untrusted device), by error code: the series to alert on for replays and denies.',
+      labelNames: ['reason'],
+      registers,
+    }),
+    dpopFailures: new Counter({
+      name: 'ztgw_dpop_failures_total',
+      help: 'DPoP-bound requests refused, by reason: jti_replay (a captured proof replayed), htu, htm, iat, ath, jkt_mismatch (another key), signature, nonce/nonce_missing (normal nonce round trip), scheme (a DPoP-bound token sent as Bearer), and the other proof checks.',
       labelNames: ['reason'],
       registers,
     }),
@@ -71,9 +79,10 @@ export function createMetrics(): GatewayMetrics {
       labelNames: ['dependency'],
       registers,
     }),
-    replayEarlyEvictions: new Counter({
-      name: 'ztgw_dpop_replay_early_evictions_total',
-      help: 'DPoP jti entries the in-memory replay cache forgot before their window ended because it was full: each is a proof that could be replayed. Raise identity.dpop.replayCacheMaxEntries or use Redis.',
+    replayRefusals: new Counter({
+      name: 'ztgw_dpop_replay_cache_refusals_total',
+      help: 'DPoP proofs refused (503) because the in-memory replay cache could not remember their jti without forgetting a live one: reason cache_full (every entry live: raise identity.dpop.replayCacheMaxEntries or use Redis) or key_full (one key holds its identity.dpop.replayCacheKeyShare: a client flooding proofs).',
+      labelNames: ['reason'],
       registers,
     }),
     policyDecisions: new LeanCounter({

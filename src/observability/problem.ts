@@ -13,6 +13,7 @@ import {
   UseDpopNonceError,
   DeviceBindingRequiredError,
   CertificateMismatchError,
+  UntrustedCertificateError,
   DeviceRevokedError,
   DeviceNotTrustedError,
   DependencyUnavailableError,
@@ -20,7 +21,10 @@ import {
   StepUpRequiredError,
   MissingTokenError,
   PayloadTooLargeError,
+  RequestTimeoutError,
+  HeadersTooLargeError,
   RouteNotFoundError,
+  MisdirectedRequestError,
   ShuttingDownError,
   UpstreamTimeoutError,
   UpstreamUnreachableError,
@@ -48,6 +52,11 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     title: 'Bad request',
     detail: 'The request is malformed and was not forwarded.',
   },
+  [MisdirectedRequestError.code]: {
+    slug: 'misdirected-request',
+    title: 'Misdirected request',
+    detail: 'This gateway does not serve the host named in the request.',
+  },
   [RouteNotFoundError.code]: {
     slug: 'route-not-found',
     title: 'Not found',
@@ -57,6 +66,18 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     slug: 'payload-too-large',
     title: 'Payload too large',
     detail: 'The request body exceeds the size this gateway accepts.',
+  },
+  [RequestTimeoutError.code]: {
+    slug: 'request-timeout',
+    title: 'Request timeout',
+    detail: 'The request was not received in time and was not forwarded.',
+    headers: { connection: 'close' },
+  },
+  [HeadersTooLargeError.code]: {
+    slug: 'headers-too-large',
+    title: 'Request header fields too large',
+    detail: 'The request head exceeds the size this gateway accepts.',
+    headers: { connection: 'close' },
   },
   [MissingTokenError.code]: {
     slug: 'authentication-required',
@@ -105,6 +126,14 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     detail: 'The access token is bound to a different client certificate than the one presented.',
     headers: {
       'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The token is bound to another certificate"`,
+    },
+  },
+  [UntrustedCertificateError.code]: {
+    slug: 'untrusted-certificate',
+    title: 'Client certificate not trusted',
+    detail: 'The client certificate presented is not issued by the device certificate authority this gateway trusts.',
+    headers: {
+      'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The client certificate is not trusted"`,
     },
   },
   [DeviceRevokedError.code]: {

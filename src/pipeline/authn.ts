@@ -1,16 +1,36 @@
 // Stage 3: access token (Bearer or DPoP scheme) → identity. Verification is jose's; this stage picks the issuer,
 // maps failures to the closed error set, and keeps verified tokens in a bounded cache.
 import { decodeJwt, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import { claimProblem, groupsOf } from '../identity/claims.ts';
 import type { CompiledIssuer } from '../identity/issuers.ts';
 import type { TokenCache } from '../identity/token-cache.ts';
 import type { Identity, RequestContext, Stage } from './context.ts';
-import { InvalidTokenError, IssuerUnavailableError, MissingTokenError } from './errors.ts';
+import { BadRequestError, InvalidTokenError, IssuerUnavailableError, MissingTokenError } from './errors.ts';
 
 export interface AuthnDeps {
   /** Issuers by their `iss` value. */
   readonly issuers: ReadonlyMap<string, CompiledIssuer>;
   readonly cache: TokenCache;
+  /** identity.dpop.algorithms: advertised in the DPoP challenge of a device-bound route's 401 (RFC 9449 §7.1). */
+  readonly dpopAlgorithms?: readonly string[];
   readonly now?: () => number;
+}
+
+const REALM = 'zt-gateway';
+
+/**
+ * More than one Authorization field: the gateway and an upstream (or a later hop) could each
+ * read a different credential. Node keeps only the first in `headers`, so count the raw lines.
+ */
+function repeatedAuthorization(raw: readonly string[]): boolean {
+  let seen = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length !== 13 || name.toLowerCase() !== 'authorization') continue;
+    if (seen) return true;
+    seen = true;
+  }
+  return false;
 }
 
 /**
@@ -25,14 +45,6 @@ export function extractToken(header: string | undefined): { token: string; schem
   if (scheme !== 'bearer' && scheme !== 'dpop') return undefined;
   const token = header.slice(space + 1).trim();
   return token === '' ? undefined : { token, scheme };
-}
-
-function groupsOf(payload: JWTPayload, claim: string): readonly string[] {
-  const value = payload[claim];
-  if (Array.isArray(value)) return Object.freeze(value.filter((g): g is string => typeof g === 'string'));
-  // Some IdPs send a space-separated string (like OAuth scope).
-  if (typeof value === 'string') return Object.freeze(value.split(' ').filter(Boolean));
-  return Object.freeze([]);
 }
 
 // Failures that mean "we could not get the keys", not "the token is bad": the token was
@@ -66,6 +78,10 @@ async function verify(token: string, issuer: CompiledIssuer, nowMs: number): Pro
   } catch (err) {
     throw translate(err);
   }
+  // Types of the claims the gateway reads (sub, exp, iat, groups, auth_time, cnf…), iat not
+  // in the future, the issuer's maximum lifetime: see identity/claims.ts.
+  const problem = claimProblem(payload, issuer, nowMs / 1000);
+  if (problem !== undefined) throw new InvalidTokenError(`token rejected: ${problem}`);
   return Object.freeze({
     subject: payload.sub!,
     issuer: issuer.issuer,
@@ -79,14 +95,27 @@ async function verify(token: string, issuer: CompiledIssuer, nowMs: number): Pro
 export function createAuthnStage(deps: AuthnDeps): Stage {
   const now = deps.now ?? Date.now;
   const { cache, issuers } = deps;
+  // RFC 9449 §7.1: a route that requires a device-bound token offers the DPoP scheme (with
+  // the proof algorithms it takes) beside Bearer (RFC 8705 certificate-bound tokens).
+  const dpopChallenge = `DPoP realm="${REALM}", algs="${(deps.dpopAlgorithms ?? []).join(' ')}"`;
+  const boundRouteMissing = { 'www-authenticate': `Bearer realm="${REALM}", ${dpopChallenge}` };
+  const boundRouteInvalid = {
+    'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The access token is invalid or expired", ${dpopChallenge}`,
+  };
 
   return (ctx: RequestContext) => {
     const route = ctx.route!;
+    // Checked on every route, public ones too: one request, one credential (RFC 9110 §5.3
+    // allows repeating only list-valued fields; Authorization is not one).
+    if (ctx.headers.authorization !== undefined && repeatedAuthorization(ctx.rawHeaders)) {
+      throw new BadRequestError('more than one Authorization header');
+    }
     if (route.public) return;
+    const bound = route.deviceBinding === 'required';
     const presented = extractToken(ctx.headers.authorization);
     if (presented === undefined) {
-      if (ctx.headers.authorization === undefined) throw new MissingTokenError('no credentials');
-      throw new InvalidTokenError('malformed Authorization header');
+      if (ctx.headers.authorization === undefined) throw new MissingTokenError('no credentials', bound ? { headers: boundRouteMissing } : undefined);
+      throw new InvalidTokenError('malformed Authorization header', bound ? { headers: boundRouteInvalid } : undefined);
     }
     const { token } = presented;
     ctx.accessToken = token;
@@ -94,12 +123,23 @@ export function createAuthnStage(deps: AuthnDeps): Stage {
 
     const cached = cache.get(token, now(), ctx.connection);
     if (cached !== undefined) {
-      if (!route.issuers.includes(cached.issuerName)) throw new InvalidTokenError(`issuer ${cached.issuerName} not accepted on route`);
+      if (!route.issuers.includes(cached.issuerName)) {
+        throw new InvalidTokenError(`issuer ${cached.issuerName} not accepted on route`, bound ? { headers: boundRouteInvalid } : undefined);
+      }
       ctx.identity = cached;
       return;
     }
-    return verifyUncached(ctx, token, route.issuers);
+    return bound ? withBoundChallenge(verifyUncached(ctx, token, route.issuers)) : verifyUncached(ctx, token, route.issuers);
   };
+
+  async function withBoundChallenge(verifying: Promise<void>): Promise<void> {
+    try {
+      await verifying;
+    } catch (err) {
+      if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.message, { cause: err.cause, headers: boundRouteInvalid });
+      throw err;
+    }
+  }
 
   async function verifyUncached(ctx: RequestContext, token: string, allowed: readonly string[]): Promise<void> {
     let iss: string | undefined;

@@ -3,6 +3,7 @@ import type { TLSSocket } from 'node:tls';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { DevicePosture } from '../identity/devices/registry.ts';
 import type { Decision } from '../policy/evaluate.ts';
+import type { HeaderDenyList } from '../upstream/header-deny-list.ts';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -25,6 +26,8 @@ export interface CompiledRoute {
   readonly deviceBinding: 'required' | 'optional' | 'off';
   readonly requireEnrolledDevice: boolean;
   readonly forwardAuthorization: boolean;
+  /** Client headers neither forwarded nor shown to the policy (deny list minus forwardHeaders). */
+  readonly denyList: HeaderDenyList;
 }
 
 /** What the gateway knows about the device a request came from; what policies will read. */
@@ -70,13 +73,14 @@ export interface RequestContext {
   readonly peerIp: string;
   /** True when the data plane terminated TLS for this connection. */
   readonly tls: boolean;
+  /** Address and port of our end of the connection: what the client actually reached. */
+  readonly localAddress: string;
+  readonly localPort: number;
   readonly isUpgrade: boolean;
 
   // hygiene
   /** Normalised path: dot segments resolved, duplicate slashes merged, unreserved chars decoded. */
   path: string;
-  /** True when the raw path had dot segments (they must not cross the route prefix). */
-  hadDotSegments: boolean;
   /** Path exactly as the client sent it, minus the query. */
   rawPath: string;
   /** Query string including the leading "?", or "". */
@@ -89,8 +93,12 @@ export interface RequestContext {
   forwardedFor: string;
   /** Scheme the client used (http/https), trusted-proxy aware. */
   forwardedProto: string;
-  /** Host the client addressed, with port, for X-Forwarded-Host. */
+  /** Host the client addressed, with port, for X-Forwarded-Host: a configured origin's, never a raw client value. */
   forwardedHost: string;
+  /** The gateway origin this request addressed ("https://gw.example.com"): DPoP htu is checked against it. */
+  publicOrigin: string;
+  /** Header names the client listed in Connection (RFC 9110 §7.6.1): neither forwarded nor shown to the policy. */
+  connectionListed: ReadonlySet<string> | undefined;
 
   // route
   route?: CompiledRoute;
@@ -108,6 +116,8 @@ export interface RequestContext {
   device?: DeviceContext;
   /** SHA-256 thumbprint (base64url) of the verified client certificate, when mTLS presented one. */
   clientCertThumbprint?: string;
+  /** A client certificate was presented but does not chain to the device CA (it has no thumbprint above). */
+  clientCertUntrusted?: boolean;
 
   // authz
   /** The policy decision (absent on public routes and without a policies section). */
@@ -129,23 +139,41 @@ export type Stage = (ctx: RequestContext) => void | Promise<void>;
 // only if it looks like an id, not like a log-injection payload.
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-// One certificate per TLS connection: hash it once, not on every keep-alive request.
-const certThumbprints = new WeakMap<object, string | undefined>();
+interface ClientCert {
+  readonly thumbprint: string | undefined;
+  readonly untrusted: boolean;
+}
+const NO_CERT: ClientCert = Object.freeze({ thumbprint: undefined, untrusted: false });
+const UNTRUSTED_CERT: ClientCert = Object.freeze({ thumbprint: undefined, untrusted: true });
 
-/** RFC 8705 §3.1 x5t#S256 of a client certificate the handshake verified against the device CA. */
-function clientCertThumbprint(socket: IncomingMessage['socket']): string | undefined {
-  if (!('encrypted' in socket)) return undefined;
-  if (certThumbprints.has(socket)) return certThumbprints.get(socket);
+// One certificate per TLS connection: hash it once, not on every keep-alive request.
+const clientCerts = new WeakMap<object, ClientCert>();
+
+/**
+ * RFC 8705 §3.1 x5t#S256 of a client certificate the handshake verified against the device
+ * CA. The listener asks for a certificate without refusing the handshake, so a certificate
+ * that failed verification is noted as such: "untrusted", never "bound to another one".
+ */
+function clientCert(socket: IncomingMessage['socket']): ClientCert {
+  if (!('encrypted' in socket)) return NO_CERT;
+  let known = clientCerts.get(socket);
+  if (known !== undefined) return known;
   const tlsSocket = socket as TLSSocket;
-  const cert = tlsSocket.authorized ? tlsSocket.getPeerCertificate() : undefined;
-  const thumbprint = cert?.raw === undefined ? undefined : createHash('sha256').update(cert.raw).digest('base64url');
-  certThumbprints.set(socket, thumbprint);
-  return thumbprint;
+  const cert = tlsSocket.getPeerCertificate();
+  // An empty object when the client sent none.
+  const raw = cert?.raw as Buffer | undefined;
+  if (raw === undefined) known = NO_CERT;
+  else if (!tlsSocket.authorized) known = UNTRUSTED_CERT;
+  else known = Object.freeze({ thumbprint: createHash('sha256').update(raw).digest('base64url'), untrusted: false });
+  clientCerts.set(socket, known);
+  return known;
 }
 
 export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean): RequestContext {
+  const cert = clientCert(raw.socket);
   return {
-    clientCertThumbprint: clientCertThumbprint(raw.socket),
+    clientCertThumbprint: cert.thumbprint,
+    clientCertUntrusted: cert.untrusted,
     id,
     method: raw.method ?? 'GET',
     rawUrl: raw.url ?? '',
@@ -154,9 +182,10 @@ export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean)
     connection: raw.socket,
     peerIp: raw.socket.remoteAddress ?? '',
     tls: 'encrypted' in raw.socket && raw.socket.encrypted === true,
+    localAddress: raw.socket.localAddress ?? '',
+    localPort: raw.socket.localPort ?? 0,
     isUpgrade,
     path: '',
-    hadDotSegments: false,
     rawPath: '',
     query: '',
     host: '',
@@ -164,6 +193,8 @@ export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean)
     forwardedFor: '',
     forwardedProto: '',
     forwardedHost: '',
+    publicOrigin: '',
+    connectionListed: undefined,
   };
 }
 

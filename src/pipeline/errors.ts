@@ -31,6 +31,30 @@ export class BadRequestError extends ZtError {
   readonly status = 400;
 }
 
+/** The client took longer than the configured time to send its request head or body (Node headersTimeout/requestTimeout). */
+export class RequestTimeoutError extends ZtError {
+  static override readonly code = 'ERR_REQUEST_TIMEOUT';
+  readonly code = RequestTimeoutError.code;
+  readonly status = 408;
+}
+
+/** The request head is over server.limits.maxHeaderBytes (RFC 6585 §5). */
+export class HeadersTooLargeError extends ZtError {
+  static override readonly code = 'ERR_HEADERS_TOO_LARGE';
+  readonly code = HeadersTooLargeError.code;
+  readonly status = 431;
+}
+
+/**
+ * The request's authority (Host, or a trusted proxy's X-Forwarded-Host/-Proto) is not one this
+ * gateway serves: not in server.publicOrigins nor a route's hosts (RFC 9110 §15.5.20).
+ */
+export class MisdirectedRequestError extends ZtError {
+  static override readonly code = 'ERR_MISDIRECTED_REQUEST';
+  readonly code = MisdirectedRequestError.code;
+  readonly status = 421;
+}
+
 export class RouteNotFoundError extends ZtError {
   static override readonly code = 'ERR_ROUTE_NOT_FOUND';
   readonly code = RouteNotFoundError.code;
@@ -89,6 +113,16 @@ export class DeviceBindingRequiredError extends ZtError {
 export class CertificateMismatchError extends ZtError {
   static override readonly code = 'ERR_CERTIFICATE_MISMATCH';
   readonly code = CertificateMismatchError.code;
+  readonly status = 401;
+}
+
+/**
+ * The client presented a certificate that does not chain to the device CA (RFC 8705 §2: the
+ * TLS layer must validate it), so nothing it says can bind a token, whatever its thumbprint.
+ */
+export class UntrustedCertificateError extends ZtError {
+  static override readonly code = 'ERR_UNTRUSTED_CERTIFICATE';
+  readonly code = UntrustedCertificateError.code;
   readonly status = 401;
 }
 
@@ -157,8 +191,11 @@ export class InternalError extends ZtError {
 export const ALL_ERRORS = [
   BadPathError,
   BadRequestError,
+  MisdirectedRequestError,
   RouteNotFoundError,
   PayloadTooLargeError,
+  RequestTimeoutError,
+  HeadersTooLargeError,
   MissingTokenError,
   InvalidTokenError,
   IssuerUnavailableError,
@@ -166,6 +203,7 @@ export const ALL_ERRORS = [
   UseDpopNonceError,
   DeviceBindingRequiredError,
   CertificateMismatchError,
+  UntrustedCertificateError,
   DeviceRevokedError,
   DeviceNotTrustedError,
   DependencyUnavailableError,

@@ -2,8 +2,8 @@ import type { IncomingHttpHeaders } from 'node:http';
 import proxyaddr from 'proxy-addr';
 import { describe, expect, it } from 'vitest';
 import type { RequestContext } from './context.ts';
-import { BadPathError, BadRequestError, PayloadTooLargeError } from './errors.ts';
-import { createHygieneStage, normalisePath } from './hygiene.ts';
+import { BadPathError, BadRequestError, MisdirectedRequestError, PayloadTooLargeError } from './errors.ts';
+import { compileAuthorities, createHygieneStage, normalisePath, originFor } from './hygiene.ts';
 
 describe('normalisePath', () => {
   it.each([
@@ -13,30 +13,29 @@ describe('normalisePath', () => {
     ['/v1/file.json', '/v1/file.json'],
     ['/a/...', '/a/...'],
     ['/a/.hidden/..x', '/a/.hidden/..x'],
+    ['/.well-known/x', '/.well-known/x'],
+    ['/a/x../b', '/a/x../b'],
+    ['/a/...;x', '/a/...;x'],
+    ['/a;..', '/a;..'], // a parameter of `a`, not a segment
     ["/a-b_c~d/!$&'()*+,;=:@", "/a-b_c~d/!$&'()*+,;=:@"],
   ])('returns plain path %s unchanged', (raw, want) => {
     const r = normalisePath(raw);
-    expect(r).toEqual({ path: want, hadDotSegments: false });
-    expect(r.path).toBe(raw);
+    expect(r).toBe(want);
+    expect(r).toBe(raw);
   });
 
   it.each([
-    ['/echo/./a//b/../c', '/echo/a/c', true],
-    ['/ech%6f/x', '/echo/x', false],
-    ['/%41%7a%30%2d%5f%7e', '/Az0-_~', false],
-    ['/a%c3%a9', '/a%C3%A9', false],
-    ['/a%3fb%23c%25', '/a%3Fb%23c%25', false], // reserved characters stay escaped
-    ['/a//b', '/a/b', false],
-    ['//a', '/a', false],
-    ['/a//', '/a/', false],
-    ['/a/.', '/a/', true],
-    ['/a/b/..', '/a/', true],
-    ['/a/..', '/', true],
-    ['/./', '/', true],
-    ['/a/./b', '/a/b', true],
-    ['/a/b/../../c/', '/c/', true],
-  ])('normalises %s to %s', (raw, path, hadDotSegments) => {
-    expect(normalisePath(raw)).toEqual({ path, hadDotSegments });
+    ['/ech%6f/x', '/echo/x'],
+    ['/%41%7a%30%2d%5f%7e', '/Az0-_~'],
+    ['/a%c3%a9', '/a%C3%A9'],
+    ['/a%3fb%23c', '/a%3Fb%23c'], // reserved characters stay escaped
+    ['/a//b', '/a/b'],
+    ['//a', '/a'],
+    ['/a//', '/a/'],
+    ['/a/{x}', '/a/%7Bx%7D'],
+    ['/a"<>^`|', '/a%22%3C%3E%5E%60%7C'],
+  ])('normalises %s to %s', (raw, path) => {
+    expect(normalisePath(raw)).toBe(path);
   });
 
   it.each([
@@ -62,28 +61,112 @@ describe('normalisePath', () => {
     ['/echo/..%2f..%2fadmin', 'escaped slash with dots'],
     ['/a%2fb', 'escaped slash'],
     ['/a%2Fb', 'escaped slash, upper case'],
+    ['/a%252e%252e/x', 'double-escaped dot'],
+    ['/a%252E', 'double-escaped dot, upper case'],
+    ['/a%252f', 'double-escaped slash'],
+    ['/a%252F', 'double-escaped slash, upper case'],
+    ['/a%255c', 'double-escaped backslash'],
+    ['/a%255C', 'double-escaped backslash, upper case'],
+    ['/a%25252e', 'triple-escaped dot'],
+    ['/a%2500', 'double-escaped NUL'],
+    ['/a%c0%ae%c0%ae/x', 'overlong UTF-8 dot'],
+    ['/a%C0%AF', 'overlong UTF-8 slash'],
+    ['/a%e0%80%ae', 'three-byte overlong dot'],
+    ['/a%ed%a0%80', 'UTF-8 surrogate'],
+    ['/a%ff', 'stray byte'],
+    ['/a%c3', 'truncated UTF-8'],
+    ['/a%u002e%u002e/x', 'IIS %u escape'],
     ['/a%zz', 'non-hex escape'],
     ['/a%4', 'truncated escape'],
     ['/a%', 'lone percent'],
     ['/a%g0', 'half-hex escape'],
     ['/..', 'dot-dot at root'],
+    ['/.', 'dot at root'],
+    ['/./', 'dot segment with slash'],
+    ['/a/.', 'trailing dot segment'],
+    ['/a/..', 'trailing dot-dot segment'],
+    ['/a/./b', 'dot segment inside a route'],
+    ['/echo/a/../b', 'dot-dot staying inside a route'],
     ['/a/../../b', 'dot-dot above root'],
-    ['/a/b/../../../c', 'dot-dot above root, deeper'],
-  ])('rejects %s (%s)', (raw) => {
+    ['/a//..//b', 'dot-dot between duplicate slashes'],
+    ['/a/..;/b', 'dot-dot with an empty path parameter'],
+    ['/a/..;jsessionid=x/b', 'dot-dot with a path parameter'],
+    ['/a/.;/b', 'dot with a path parameter'],
+    ['/a/..%3b/b', 'dot-dot with an escaped semicolon'],
+    ['/a/.%3B/b', 'dot with an escaped semicolon'],
+    ['/a/..%20/b', 'dot-dot padded with an escaped space'],
+    ['/a/.%20%20', 'dot padded with escaped spaces'],
+    ['/a%2f..', 'escaped slash before dot-dot'],
+  ])('rejects %j (%s)', (raw) => {
     expect(() => normalisePath(raw)).toThrow(BadPathError);
   });
 
   it('gives a generic message', () => {
     expect(() => normalisePath('/a%2fb')).toThrow('ambiguous request path');
   });
+
+  // Whatever passes is a fixed point: normalising it again changes nothing, and it holds no
+  // dot segment by any reading (so the upstream cannot resolve one the gateway did not see).
+  it('is idempotent and leaves no dot segment, on random and adversarial paths', () => {
+    const atoms = ['/', '//', '.', '..', '...', ';', ';x=1', '%2e', '%2E', '%2f', '%25', '%252e', '%c0%ae', '%C3%A9', '%u002e', '%3b', '%20', 'a', 'Z', '~', '-', '_', '\\', '{', '|', '"', '%41', '%7e', '%00', '%ff', '*', ':', '@', '!', "'", '$', '&', '+', ',', '=', '%', '%g', '\u00e9', '\t', '#', 'x..', '..x', '.well-known'];
+    let seed = 12345;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    let accepted = 0;
+    for (let i = 0; i < 20_000; i++) {
+      let raw = '/';
+      const n = 1 + rand(12);
+      for (let j = 0; j < n; j++) raw += atoms[rand(atoms.length)];
+      let out: string;
+      try {
+        out = normalisePath(raw);
+      } catch (err) {
+        expect(err, raw).toBeInstanceOf(BadPathError);
+        continue;
+      }
+      accepted++;
+      expect(normalisePath(out), raw).toBe(out);
+      const decoded = decodeURIComponent(out); // never throws on an accepted path
+      for (const seg of decoded.split('/')) {
+        const name = seg.split(';')[0]!.trimEnd();
+        expect(name === '.' || name === '..', `${raw} → ${out}`).toBe(false);
+      }
+      expect(new URL(`http://h${out}`).pathname, raw).toBe(out); // what the proxy's URL parser sends
+    }
+    expect(accepted).toBeGreaterThan(1000);
+  });
+
+  it('survives huge paths and many segments', () => {
+    expect(normalisePath('/a'.repeat(20_000))).toHaveLength(40_000);
+    expect(normalisePath('/' + 'x'.repeat(100_000))).toHaveLength(100_001);
+    expect(() => normalisePath('/a'.repeat(10_000) + '/..')).toThrow(BadPathError);
+    expect(normalisePath('/%41'.repeat(10_000))).toBe('/A'.repeat(10_000));
+  });
 });
 
 const TRUSTED_PROXY = '10.0.0.1';
 const CLIENT = '203.0.113.7';
 const trust = proxyaddr.compile(['loopback', '10.0.0.0/8']);
-const stage = createHygieneStage({ trust, maxBodyBytes: 1000 });
+// The hosts these tests address: route hosts on default ports, other ports by publicOrigins.
+const authorities = compileAuthorities(
+  ['https://api.example.com:8443', 'http://internal:8080', 'http://127.0.0.1:8080', 'http://[::1]:8080', 'https://api.example.com'],
+  ['api.example.com', 'h', 'good.example.com', '[2001:db8::1]'],
+);
+const stage = createHygieneStage({ trust, maxBodyBytes: 1000, authorities, headersWithUnderscores: 'drop' });
 
-function makeCtx(over: { rawUrl?: string; headers?: IncomingHttpHeaders; rawHeaders?: string[]; peerIp?: string; tls?: boolean } = {}): RequestContext {
+type Over = {
+  rawUrl?: string;
+  headers?: IncomingHttpHeaders;
+  rawHeaders?: string[];
+  peerIp?: string;
+  tls?: boolean;
+  localAddress?: string;
+  localPort?: number;
+};
+
+function makeCtx(over: Over = {}): RequestContext {
   const headers = over.headers ?? { host: 'api.example.com' };
   return {
     id: 'req-1',
@@ -94,9 +177,10 @@ function makeCtx(over: { rawUrl?: string; headers?: IncomingHttpHeaders; rawHead
     rawHeaders: over.rawHeaders ?? Object.entries(headers).flatMap(([k, v]) => [k, String(v)]),
     peerIp: over.peerIp ?? CLIENT,
     tls: over.tls ?? false,
+    localAddress: over.localAddress ?? '10.9.9.9',
+    localPort: over.localPort ?? 443,
     isUpgrade: false,
     path: '',
-    hadDotSegments: false,
     rawPath: '',
     query: '',
     host: '',
@@ -104,19 +188,21 @@ function makeCtx(over: { rawUrl?: string; headers?: IncomingHttpHeaders; rawHead
     forwardedFor: '',
     forwardedProto: '',
     forwardedHost: '',
+    publicOrigin: '',
+    connectionListed: undefined,
   };
 }
 
-function run(over: Parameters<typeof makeCtx>[0]): RequestContext {
+function run(over: Over, s = stage): RequestContext {
   const ctx = makeCtx(over);
-  void stage(ctx);
+  void s(ctx);
   return ctx;
 }
 
 describe('hygiene stage: target', () => {
   it('splits and normalises the request target', () => {
-    const ctx = run({ rawUrl: '/echo/./a//b?x=/../y' });
-    expect(ctx).toMatchObject({ path: '/echo/a/b', hadDotSegments: true, rawPath: '/echo/./a//b', query: '?x=/../y' });
+    const ctx = run({ rawUrl: '/echo/%61//b?x=/../y' });
+    expect(ctx).toMatchObject({ path: '/echo/a/b', rawPath: '/echo/%61//b', query: '?x=/../y' });
   });
 
   it('has an empty query when there is none, and keeps a bare "?"', () => {
@@ -124,7 +210,7 @@ describe('hygiene stage: target', () => {
     expect(run({ rawUrl: '/echo?' }).query).toBe('?');
   });
 
-  it.each(['http://api.example.com/echo', '*', '', '/echo/%2e%2e/admin?x', '/echo?a#/../admin'])('rejects target %j', (rawUrl) => {
+  it.each(['http://api.example.com/echo', '*', '', '/echo/%2e%2e/admin?x', '/echo?a#/../admin', '/echo/../x?y', '/echo/..;/x'])('rejects target %j', (rawUrl) => {
     expect(() => run({ rawUrl })).toThrow(BadPathError);
   });
 });
@@ -209,14 +295,74 @@ describe('hygiene stage: forwarding headers', () => {
 describe('hygiene stage: host', () => {
   it.each([
     ['API.Example.COM', 'api.example.com', 'api.example.com'],
-    ['api.example.com:8443', 'api.example.com', 'api.example.com:8443'],
     ['api.example.com.', 'api.example.com', 'api.example.com'],
-    ['api.example.com.:80', 'api.example.com', 'api.example.com:80'],
+    ['api.example.com.:80', 'api.example.com', 'api.example.com'],
+    ['api.example.com:080', 'api.example.com', 'api.example.com'],
     ['127.0.0.1:8080', '127.0.0.1', '127.0.0.1:8080'],
     ['[::1]:8080', '[::1]', '[::1]:8080'],
     ['[2001:DB8::1]', '[2001:db8::1]', '[2001:db8::1]'],
   ])('Host %s → host %s, forwardedHost %s', (value, host, forwardedHost) => {
-    expect(run({ headers: { host: value } })).toMatchObject({ host, forwardedHost });
+    expect(run({ headers: { host: value } })).toMatchObject({ host, forwardedHost, publicOrigin: `http://${forwardedHost}` });
+  });
+
+  it.each([
+    ['evil.example.com', 'not configured'],
+    ['api.example.com:8443', 'a route host on another port (http: only https is configured there)'],
+    ['api.example.com:9999', 'a route host on another port'],
+    ['internal', 'a configured origin on the wrong port'],
+    ['127.0.0.2:8080', 'another loopback address'],
+    ['localhost:8080', 'localhost, with publicOrigins configured'],
+  ])('refuses Host %s with 421 (%s)', (value) => {
+    expect(() => run({ headers: { host: value } })).toThrow(MisdirectedRequestError);
+  });
+
+  it('an https origin is matched on the TLS listener, not on plain HTTP', () => {
+    expect(run({ tls: true, headers: { host: 'api.example.com:8443' } })).toMatchObject({ publicOrigin: 'https://api.example.com:8443', forwardedHost: 'api.example.com:8443' });
+    expect(() => run({ headers: { host: 'api.example.com:8443' } })).toThrow(MisdirectedRequestError);
+  });
+
+  it('a trusted proxy may name a configured origin, not any host', () => {
+    expect(run({ peerIp: TRUSTED_PROXY, headers: { host: 'x', 'x-forwarded-host': 'api.example.com:8443', 'x-forwarded-proto': 'https' } }).publicOrigin).toBe('https://api.example.com:8443');
+    expect(() => run({ peerIp: TRUSTED_PROXY, headers: { host: 'api.example.com', 'x-forwarded-host': 'evil.example.com' } })).toThrow(MisdirectedRequestError);
+  });
+
+  describe('without publicOrigins: the address the client connected to', () => {
+    const local = createHygieneStage({ trust, maxBodyBytes: 1000, authorities: compileAuthorities([], ['api.example.com']), headersWithUnderscores: 'drop' });
+    it.each([
+      ['127.0.0.1', 8080, '127.0.0.1:8080', 'http://127.0.0.1:8080'],
+      ['127.0.0.1', 8080, 'localhost:8080', 'http://localhost:8080'],
+      ['127.0.0.1', 8080, '[::1]:8080', 'http://[::1]:8080'],
+      ['::1', 8080, '[::1]:8080', 'http://[::1]:8080'],
+      ['::ffff:127.0.0.1', 8080, 'localhost:8080', 'http://localhost:8080'],
+      ['10.1.2.3', 8080, '10.1.2.3:8080', 'http://10.1.2.3:8080'],
+      ['10.1.2.3', 80, '10.1.2.3', 'http://10.1.2.3'],
+      ['10.1.2.3', 8080, 'api.example.com', 'http://api.example.com'],
+    ])('local %s:%d, Host %s → %s', (localAddress, localPort, host, origin) => {
+      expect(run({ localAddress, localPort, headers: { host } }, local).publicOrigin).toBe(origin);
+    });
+    it.each([
+      ['127.0.0.1', 8080, '127.0.0.1:9999'],
+      ['127.0.0.1', 8080, '127.0.0.1'],
+      ['127.0.0.1', 8080, 'evil.example.com:8080'],
+      ['10.1.2.3', 8080, 'localhost:8080'],
+      ['10.1.2.3', 8080, '10.1.2.4:8080'],
+      ['10.1.2.3', 8080, 'gw.example.com:8080'],
+    ])('local %s:%d refuses Host %s', (localAddress, localPort, host) => {
+      expect(() => run({ localAddress, localPort, headers: { host } }, local)).toThrow(MisdirectedRequestError);
+    });
+    it('behind a trusted proxy, its X-Forwarded-Host is not compared with our socket', () => {
+      expect(() => run({ peerIp: TRUSTED_PROXY, localAddress: '10.1.2.3', localPort: 8080, headers: { host: '10.1.2.3:8080', 'x-forwarded-host': '10.1.2.3:8080' } }, local)).toThrow(MisdirectedRequestError);
+    });
+  });
+
+  it('originFor drops default ports and matches wildcard route hosts on subdomains only', () => {
+    const a = compileAuthorities(['HTTPS://GW.example.com:443'], ['*.corp.example']);
+    expect(originFor(a, 'https', 'gw.example.com', undefined, undefined)).toBe('https://gw.example.com');
+    expect(originFor(a, 'https', 'gw.example.com', '443', undefined)).toBe('https://gw.example.com');
+    expect(originFor(a, 'http', 'gw.example.com', undefined, undefined)).toBeUndefined();
+    expect(originFor(a, 'https', 'a.corp.example', undefined, undefined)).toBe('https://a.corp.example');
+    expect(originFor(a, 'https', 'corp.example', undefined, undefined)).toBeUndefined();
+    expect(originFor(a, 'https', 'a.corp.example', '8443', undefined)).toBeUndefined();
   });
 
   it.each([
@@ -249,6 +395,22 @@ describe('hygiene stage: host', () => {
     expect(() => run({ peerIp: TRUSTED_PROXY, headers: { host: 'h', 'x-forwarded-host': 'evil@good.com' } })).toThrow(
       BadRequestError,
     );
+  });
+});
+
+describe('hygiene stage: header names and Connection', () => {
+  it('records the names the client listed in Connection, lower-cased', () => {
+    expect(run({ headers: { host: 'h', connection: 'keep-alive, X-Tenant ,x-b' } }).connectionListed).toEqual(new Set(['keep-alive', 'x-tenant', 'x-b']));
+    expect(run({ headers: { host: 'h', connection: 'keep-alive' } }).connectionListed).toBeUndefined();
+  });
+
+  it("in 'reject' mode refuses any header name with an underscore; in 'drop' mode lets the deny list drop it", () => {
+    const strict = createHygieneStage({ trust, maxBodyBytes: 1000, authorities, headersWithUnderscores: 'reject' });
+    for (const name of ['x_zt_assertion', 'x_remote_user', 'authorization_', '_']) {
+      expect(() => run({ headers: { host: 'h', [name]: 'v' } }, strict)).toThrow(BadRequestError);
+      expect(() => run({ headers: { host: 'h', [name]: 'v' } })).not.toThrow();
+    }
+    expect(() => run({ headers: { host: 'h', 'x-tenant': 'a' } }, strict)).not.toThrow();
   });
 });
 

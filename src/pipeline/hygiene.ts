@@ -1,13 +1,16 @@
 // Stage 1: make the request unambiguous before anything decides on it. Every later stage
 // (route, authz, limit) and the upstream must see the same path, host and client, so
 // anything two parsers could read differently is rejected here, not "fixed".
-// Path rules follow Envoy's edge hardening: normalize_path, merge_slashes and
-// path_with_escaped_slashes_action: REJECT_REQUEST.
+// Path rules follow Envoy's edge hardening (merge_slashes, path_with_escaped_slashes_action:
+// REJECT_REQUEST), stricter on dot segments: refused in every spelling, never resolved. The
+// authority must be one this gateway serves (server.publicOrigins, route hosts), so neither
+// X-Forwarded-Host nor the DPoP htu origin is ever the client's choice.
 
 import { isIP, isIPv6 } from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { RequestContext, Stage } from './context.ts';
-import { BadPathError, BadRequestError, PayloadTooLargeError } from './errors.ts';
+import { BadPathError, BadRequestError, MisdirectedRequestError, PayloadTooLargeError } from './errors.ts';
+import { connectionListed } from '../upstream/headers.ts';
 
 const SLASH = 0x2f;
 const DOT = 0x2e;
@@ -15,6 +18,7 @@ const PERCENT = 0x25;
 const BACKSLASH = 0x5c;
 const HASH = 0x23;
 const COMMA = 0x2c;
+const SEMICOLON = 0x3b;
 
 // One message for every path rejection: the client learns nothing about which rule fired.
 const badPath = (): BadPathError => new BadPathError('ambiguous request path');
@@ -32,62 +36,127 @@ function isUnreserved(b: number): boolean {
   return (l >= 0x61 && l <= 0x7a) || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x5f || b === 0x7e;
 }
 
+/** A byte whose escape is refused: it changes the path's structure if any hop decodes it. */
+function isStructural(b: number): boolean {
+  return b === DOT || b === SLASH || b === BACKSLASH || b === PERCENT || b < 0x20 || b === 0x7f;
+}
+
+/**
+ * Characters RFC 3986 does not allow raw in a path but Node's parser lets through. The WHATWG
+ * URL parser (and so the proxy library, and browsers) escapes some of them and not others, so
+ * the path the policy saw and the one the upstream received could differ: they are escaped
+ * here, once, for everyone.
+ */
+const ESCAPE_RAW: Readonly<Record<string, string>> = { '"': '%22', '<': '%3C', '>': '%3E', '^': '%5E', '`': '%60', '{': '%7B', '|': '%7C', '}': '%7D' };
+function needsEscape(c: number): boolean {
+  return c === 0x22 || c === 0x3c || c === 0x3e || c === 0x5e || c === 0x60 || c === 0x7b || c === 0x7c || c === 0x7d;
+}
+
 /**
  * Decodes escapes of unreserved characters (RFC 3986 §6.2.2.2: `/ech%6f` and `/echo` are the
  * same resource, so they must route the same) and upper-cases the hex of all others (§6.2.2.1).
  * Escapes that would change the path's structure if any hop decoded them are rejected:
  * %2F and %5C (`/public/..%2fadmin`: a slash the router does not see but the upstream may),
  * %2E (`/%2e%2e/`: a dot segment resolved after our check), %00 and other controls
- * (NUL truncation in C upstreams, CR/LF injection into logs and headers).
+ * (NUL truncation in C upstreams, CR/LF injection into logs and headers), and the same
+ * escaped twice (`%252e`, `%255c`, `%2525…`: an upstream or framework that decodes once
+ * more, as IIS and some servlet filters do, sees the dot, slash or backslash).
+ * Escapes of non-ASCII bytes must spell well-formed UTF-8 (RFC 3629 §3): the overlong
+ * `%c0%ae` is '.' to a lenient decoder (the IIS Unicode traversal) and an error to a strict one.
  */
 function decodeEscapes(raw: string): string {
   let out = '';
   let from = 0;
+  let nonAscii = false;
   for (let i = raw.indexOf('%'); i !== -1; i = raw.indexOf('%', i)) {
     const hi = hex(raw.charCodeAt(i + 1)); // NaN past the end → -1
     const lo = hex(raw.charCodeAt(i + 2));
-    if (hi < 0 || lo < 0) throw badPath(); // `%zz`, `%4`: each parser guesses differently
+    if (hi < 0 || lo < 0) throw badPath(); // `%zz`, `%4`, `%u002e`: each parser guesses differently
     const b = hi * 16 + lo;
-    if (b === DOT || b === SLASH || b === BACKSLASH || b < 0x20 || b === 0x7f) throw badPath();
+    if (b === PERCENT) {
+      const hi2 = hex(raw.charCodeAt(i + 3));
+      const lo2 = hex(raw.charCodeAt(i + 4));
+      if (hi2 >= 0 && lo2 >= 0 && isStructural(hi2 * 16 + lo2)) throw badPath();
+    } else if (isStructural(b)) {
+      throw badPath();
+    }
+    if (b >= 0x80) nonAscii = true;
     out += raw.slice(from, i) + (isUnreserved(b) ? String.fromCharCode(b) : raw.slice(i, i + 3).toUpperCase());
     i += 3;
     from = i;
   }
-  return out + raw.slice(from);
+  out += raw.slice(from);
+  if (nonAscii) {
+    try {
+      decodeURIComponent(out); // ECMAScript's decoder refuses overlong forms, surrogates and stray bytes
+    } catch {
+      throw badPath();
+    }
+  }
+  return out;
 }
 
-/** RFC 3986 §5.2.4 remove_dot_segments plus merge_slashes, refusing to climb above the root. */
-function normaliseSlow(raw: string): { path: string; hadDotSegments: boolean } {
-  const parts = (raw.includes('%') ? decodeEscapes(raw) : raw).split('/');
+/**
+ * A segment some server reads as a dot segment: `.` and `..` (RFC 3986 §3.3), the same with
+ * path parameters (`..;x`, `.;`: Tomcat, Jetty and Spring drop `;…` first), or padded with
+ * escaped spaces (`..%20`: Windows and IIS trim trailing spaces and dots).
+ */
+function isDotSegment(seg: string): boolean {
+  const n = seg.length;
+  if (n === 0 || seg.charCodeAt(0) !== DOT) return false;
+  let dots = 1;
+  if (n > 1 && seg.charCodeAt(1) === DOT) dots = 2;
+  if (n === dots) return true;
+  const rest = seg.slice(dots);
+  if (rest.charCodeAt(0) === SEMICOLON) return true;
+  const upper = rest.toUpperCase();
+  if (upper.startsWith('%3B')) return true;
+  for (let i = 0; i < upper.length; i += 3) if (upper.slice(i, i + 3) !== '%20') return false;
+  return true;
+}
+
+/** Escapes, duplicate slashes, raw characters to escape; refuses dot segments. */
+function normaliseSlow(raw: string): string {
+  let text = raw.includes('%') ? decodeEscapes(raw) : raw;
+  let escaped = '';
+  let from = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (needsEscape(c)) {
+      escaped += text.slice(from, i) + ESCAPE_RAW[text[i]!];
+      from = i + 1;
+    }
+  }
+  if (from > 0) text = escaped + text.slice(from);
+  const parts = text.split('/');
   const out: string[] = [];
-  let hadDotSegments = false;
   for (const part of parts) {
     if (part === '') continue; // duplicate (or leading) slash
-    if (part === '.' || part === '..') {
-      hadDotSegments = true;
-      // `/a/../../etc`: RFC 3986 silently clamps at the root; a server that does not would
-      // escape its document root, so the two would disagree. Refuse instead.
-      if (part === '..' && out.pop() === undefined) throw badPath();
-      continue;
-    }
+    if (isDotSegment(part)) throw badPath();
     out.push(part);
   }
-  // A path ending in '/', '/.' or '/..' names a directory (§5.2.4 keeps the slash): `/echo/` ≠ `/echo`.
-  const last = parts[parts.length - 1];
-  const trailing = out.length > 0 && (last === '' || last === '.' || last === '..');
-  return { path: '/' + out.join('/') + (trailing ? '/' : ''), hadDotSegments };
+  // A path ending in '/' names a directory: `/echo/` ≠ `/echo`.
+  const trailing = out.length > 0 && parts[parts.length - 1] === '';
+  return '/' + out.join('/') + (trailing ? '/' : '');
 }
 
 /**
  * Normalises the path part of an origin-form request target (RFC 9112 §3.2.1), or throws
  * BadPathError when it is ambiguous. Pure; runs on every request.
  *
- * Rejected: not starting with '/'; backslash (IIS and some frameworks treat it as '/');
+ * Every dot segment is refused, not resolved: `/echo/a/../b` is 400. Resolving one is what
+ * the gateway and the upstream (or a servlet container's own rules for `..;`) can do
+ * differently, and no client has a reason to send one (browsers and HTTP libraries remove
+ * them before sending, RFC 3986 §5.2.4). Segments that merely start with dots (`...`, `..x`,
+ * `.well-known`) are names and pass.
+ *
+ * Also rejected: not starting with '/'; backslash (IIS and some frameworks treat it as '/');
  * controls, space, '#' and non-ASCII raw bytes (not allowed by RFC 3986 §3.3; Node reads them
  * as latin1 while an upstream may read UTF-8, so the authorised and the served path could
- * differ); malformed escapes; escaped '.', '/', '\', NUL and controls; '..' above the root.
+ * differ); malformed escapes; escaped '.', '/', '\', '%', NUL and controls; ill-formed UTF-8.
+ * Merged: duplicate slashes. Escaped: raw `"<>^`{|}` (see ESCAPE_RAW).
  */
-export function normalisePath(rawPath: string): { path: string; hadDotSegments: boolean } {
+export function normalisePath(rawPath: string): string {
   if (rawPath.charCodeAt(0) !== SLASH) throw badPath();
   // Fast path: one scan with no allocation. Most paths have no escapes, no dot segments and
   // no '//', and come back unchanged. A '.' inside a segment (`/v1/file.json`) stays fast.
@@ -96,29 +165,101 @@ export function normalisePath(rawPath: string): { path: string; hadDotSegments: 
   let segStart = 1;
   for (let i = 1; i <= len; i++) {
     const c = i === len ? SLASH : rawPath.charCodeAt(i);
-    if (c === SLASH) {
+    if (c === SLASH || c === SEMICOLON) {
       const n = i - segStart;
-      if (
-        (n === 0 && i < len) || // '//' (an empty last segment is just a trailing slash)
-        (n === 1 && rawPath.charCodeAt(segStart) === DOT) ||
-        (n === 2 && rawPath.charCodeAt(segStart) === DOT && rawPath.charCodeAt(segStart + 1) === DOT)
-      ) {
-        slow = true;
+      if (n === 0 && c === SLASH && i < len) slow = true; // '//' (an empty last segment is just a trailing slash)
+      // '.', '..', '.;x', '..;x' (a ';' further on is a path parameter of a named segment)
+      if (i > 0 && segStart > 0 && rawPath.charCodeAt(segStart - 1) === SLASH) {
+        if ((n === 1 && rawPath.charCodeAt(segStart) === DOT) || (n === 2 && rawPath.charCodeAt(segStart) === DOT && rawPath.charCodeAt(segStart + 1) === DOT)) {
+          throw badPath();
+        }
       }
       segStart = i + 1;
-    } else if (c === PERCENT) {
+    } else if (c === PERCENT || needsEscape(c)) {
       slow = true;
     } else if (c <= 0x20 || c >= 0x7f || c === BACKSLASH || c === HASH) {
       throw badPath();
     }
   }
-  return slow ? normaliseSlow(rawPath) : { path: rawPath, hadDotSegments: false };
+  return slow ? normaliseSlow(rawPath) : rawPath;
 }
 
 export interface HygieneOptions {
   /** Trust function of the proxies in front of us, as returned by `proxyaddr.compile(list)`. */
   trust: (addr: string, hopIndex: number) => boolean;
   maxBodyBytes: number;
+  /** Which authorities this gateway answers for (see compileAuthorities). */
+  authorities: Authorities;
+  /** server.headersWithUnderscores: 'reject' refuses a request with such a header name; 'drop' leaves it to the deny list. */
+  headersWithUnderscores: 'drop' | 'reject';
+}
+
+/**
+ * The origins this gateway serves, compiled from server.publicOrigins and the routes' hosts.
+ * The request's authority (Host, or X-Forwarded-Host/-Proto from a trusted proxy) must be one
+ * of them: it becomes X-Forwarded-Host and the origin DPoP proofs are checked against
+ * (RFC 9449 §4.3 step 9), so a client cannot choose either.
+ */
+export interface Authorities {
+  /** "https://gw.example.com" (default port left out) → that origin. */
+  readonly origins: ReadonlyMap<string, string>;
+  /** Route host patterns ("api.example.com", "*.example.com"); served on the scheme's default port only. */
+  readonly routeHosts: readonly string[];
+  /**
+   * No publicOrigins configured: accept the address the client actually connected to (the
+   * socket's local address and port), and loopback names when that address is loopback. DNS
+   * names, and anything behind a proxy, need publicOrigins.
+   */
+  readonly localDefault: boolean;
+}
+
+const DEFAULT_PORT: Readonly<Record<string, string>> = { http: '80', https: '443' };
+
+/** Compiles publicOrigins (validated URLs: scheme, host, optional port, nothing else) and route hosts. */
+export function compileAuthorities(publicOrigins: readonly string[], routeHosts: readonly string[]): Authorities {
+  const origins = new Map<string, string>();
+  for (const o of publicOrigins) {
+    const url = new URL(o);
+    origins.set(url.origin, url.origin); // URL.origin lower-cases and drops the default port
+  }
+  return Object.freeze({ origins, routeHosts: Object.freeze([...new Set(routeHosts.map((h) => h.toLowerCase()))]), localDefault: origins.size === 0 });
+}
+
+function routeHostMatches(patterns: readonly string[], host: string): boolean {
+  for (const pattern of patterns) {
+    if (pattern === host) return true;
+    if (pattern.startsWith('*.') && host.endsWith(pattern.slice(1))) return true;
+  }
+  return false;
+}
+
+const LOOPBACK_NAMES: ReadonlySet<string> = new Set(['localhost', '127.0.0.1', '[::1]']);
+
+function isLoopbackAddress(addr: string): boolean {
+  return addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.');
+}
+
+/** The socket address as a Host header spells it: IPv6 in brackets, IPv4-mapped as IPv4. */
+function hostOfAddress(addr: string): string {
+  if (addr.startsWith('::ffff:') && addr.includes('.')) return addr.slice(7);
+  return addr.includes(':') ? `[${addr}]` : addr;
+}
+
+/** The origin the request addressed, or undefined when this gateway does not serve it. */
+export function originFor(a: Authorities, scheme: string, host: string, port: string | undefined, local: { address: string; port: number } | undefined): string | undefined {
+  const defaultPort = DEFAULT_PORT[scheme];
+  const onDefault = port === undefined || port === defaultPort;
+  const origin = onDefault ? `${scheme}://${host}` : `${scheme}://${host}:${port}`;
+  const configured = a.origins.get(origin);
+  if (configured !== undefined) return configured;
+  if (onDefault && routeHostMatches(a.routeHosts, host)) return origin;
+  if (a.localDefault && local !== undefined) {
+    const localPort = String(local.port);
+    if (port === undefined ? localPort !== defaultPort : port !== localPort) return undefined;
+    const ours = hostOfAddress(local.address);
+    if (host === ours || (isLoopbackAddress(local.address) && LOOPBACK_NAMES.has(host))) return origin;
+  }
+  return undefined;
 }
 
 /** Node joins repeated unknown headers with ', ', but the type allows arrays; treat them alike. */
@@ -167,8 +308,8 @@ function clientAddress(peer: string, peerTrusted: boolean, xff: string | undefin
 // the header), '%', '/' and empty labels.
 const HOST_RE = /^(?:(\[[0-9a-f:.]+\])|([a-z0-9_-]+(?:\.[a-z0-9_-]+)*)\.?)(?::([0-9]{1,5}))?$/;
 
-/** Host without port (IPv6 keeps its brackets, as URL.hostname does) and host with port. */
-function parseHost(value: string | undefined): { host: string; withPort: string } {
+/** Host without port (IPv6 keeps its brackets, as URL.hostname does) and the port, if any. */
+function parseHost(value: string | undefined): { host: string; port: string | undefined } {
   const m = value === undefined ? null : HOST_RE.exec(value.toLowerCase());
   const ipv6 = m?.[1];
   const host = ipv6 ?? m?.[2];
@@ -179,7 +320,8 @@ function parseHost(value: string | undefined): { host: string; withPort: string 
   if (port !== undefined && Number(port) > 65535) throw new BadRequestError('invalid Host header');
   // The trailing dot is dropped (Envoy's strip_trailing_host_dot) so `admin.x.com.` cannot
   // dodge a host-bound route that the upstream's virtual hosting would still match.
-  return { host, withPort: port === undefined ? host : `${host}:${port}` };
+  // A port is compared as a number would be: `:080` is port 80.
+  return { host, port: port === undefined ? undefined : String(Number(port)) };
 }
 
 /**
@@ -198,11 +340,6 @@ function checkFraming(headers: IncomingHttpHeaders, maxBodyBytes: number): void 
   if (cl.length > 15 || Number(cl) > maxBodyBytes) throw new PayloadTooLargeError('request body too large');
 }
 
-/**
- * Stage 1. Fills path, hadDotSegments, rawPath, query, host, clientIp and the X-Forwarded-*
- * values the upstream stage sends in place of the client's own. Forwarding headers count only
- * when the TCP peer is a trusted proxy; from anyone else they are spoofable and ignored.
- */
 function hostLines(rawHeaders: readonly string[]): number {
   let count = 0;
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -212,11 +349,18 @@ function hostLines(rawHeaders: readonly string[]): number {
   return count;
 }
 
+/**
+ * Stage 1. Fills path, rawPath, query, host, publicOrigin, clientIp, connectionListed and the
+ * X-Forwarded-* values the upstream stage sends in place of the client's own. Forwarding
+ * headers count only when the TCP peer is a trusted proxy; from anyone else they are spoofable
+ * and ignored.
+ */
 export function createHygieneStage(opts: HygieneOptions): Stage {
-  const { trust, maxBodyBytes } = opts;
+  const { trust, maxBodyBytes, authorities } = opts;
+  const rejectUnderscores = opts.headersWithUnderscores === 'reject';
   // Clients send the same Host request after request: remember the last one parsed.
   let lastHost: string | undefined;
-  let lastParsed: { host: string; withPort: string } | undefined;
+  let lastParsed: { host: string; port: string | undefined } | undefined;
   const parseHostCached = (value: string | undefined) => {
     if (value !== lastHost || lastParsed === undefined) {
       lastParsed = parseHost(value); // throws on a bad one, which is then not remembered
@@ -224,9 +368,17 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     }
     return lastParsed;
   };
+  // …and reach the same origin: remember the last answer for the same inputs.
+  let lastKey: { scheme: string; host: string; port: string | undefined; address: string; localPort: number } | undefined;
+  let lastOrigin: string | undefined;
   return (ctx: RequestContext): void => {
     const { headers, peerIp } = ctx;
     checkFraming(headers, maxBodyBytes);
+    // Envoy's headers_with_underscores_action: REJECT_REQUEST. In 'drop' mode the deny list
+    // keeps such names from the policy and the upstream (header-deny-list.ts).
+    if (rejectUnderscores) {
+      for (const name in headers) if (name.includes('_')) throw new BadRequestError('header name with underscore');
+    }
 
     // Only origin-form (RFC 9112 §3.2.1): absolute-form and '*' do not start with '/' and are
     // rejected by normalisePath. The query is passed on as received: Node's parser has already
@@ -235,12 +387,15 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     const q = ctx.rawUrl.indexOf('?');
     const rawPath = q === -1 ? ctx.rawUrl : ctx.rawUrl.slice(0, q);
     const query = q === -1 ? '' : ctx.rawUrl.slice(q);
-    const { path, hadDotSegments } = normalisePath(rawPath);
+    const path = normalisePath(rawPath);
     if (query.includes('#')) throw badPath();
     ctx.rawPath = rawPath;
     ctx.query = query;
     ctx.path = path;
-    ctx.hadDotSegments = hadDotSegments;
+
+    // RFC 9110 §7.6.1: what the client names in Connection is for this hop only. Removed from
+    // what the policy sees and what the upstream gets alike (policy/input.ts, upstream/headers.ts).
+    ctx.connectionListed = connectionListed(headers.connection);
 
     const xff = header(headers, 'x-forwarded-for')?.trim() || undefined;
     const peerTrusted = trust(peerIp, 0);
@@ -248,10 +403,9 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     // Append, never forward blindly: an untrusted client's own X-Forwarded-For is replaced.
     ctx.forwardedFor = peerTrusted && xff !== undefined ? `${xff}, ${peerIp}` : peerIp;
 
-    const scheme = ctx.tls ? 'https' : 'http';
     const xfp = peerTrusted ? header(headers, 'x-forwarded-proto') : undefined;
     const proto = xfp === undefined ? undefined : firstValue(xfp).toLowerCase();
-    ctx.forwardedProto = proto === 'http' || proto === 'https' ? proto : scheme;
+    const scheme = proto === 'http' || proto === 'https' ? proto : ctx.tls ? 'https' : 'http';
 
     // Node keeps the first of repeated Host lines; RFC 9112 §3.2 wants a 400, since a proxy
     // and an upstream that pick different ones route the same request differently. A ','
@@ -260,8 +414,24 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     // X-Forwarded-Host takes the first value, the host the client addressed at the outermost
     // proxy (as Express does).
     const xfh = peerTrusted ? header(headers, 'x-forwarded-host') : undefined;
-    const { host, withPort } = parseHostCached(xfh !== undefined ? firstValue(xfh) : headers.host);
+    const { host, port } = parseHostCached(xfh !== undefined ? firstValue(xfh) : headers.host);
+    let origin: string | undefined;
+    const k = lastKey;
+    if (k !== undefined && k.scheme === scheme && k.host === host && k.port === port && k.address === ctx.localAddress && k.localPort === ctx.localPort) {
+      origin = lastOrigin;
+    } else {
+      // The socket's own address counts only for a Host sent by the client itself: behind a
+      // proxy, the address it reached is the proxy's business, and publicOrigins says ours.
+      const local = xfh === undefined ? { address: ctx.localAddress, port: ctx.localPort } : undefined;
+      origin = originFor(authorities, scheme, host, port, local);
+      lastKey = { scheme, host, port, address: ctx.localAddress, localPort: ctx.localPort };
+      lastOrigin = origin;
+    }
+    // RFC 9110 §15.5.20: this server will not answer for that authority.
+    if (origin === undefined) throw new MisdirectedRequestError(`not served here: ${scheme}://${host}${port === undefined ? '' : `:${port}`}`);
     ctx.host = host;
-    ctx.forwardedHost = withPort;
+    ctx.publicOrigin = origin;
+    ctx.forwardedProto = scheme;
+    ctx.forwardedHost = origin.slice(scheme.length + 3);
   };
 }

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { CompiledRoute } from './context.ts';
-import { canonicalPrefix, matchRoute, pathHasPrefix, sortRoutes, upstreamPathFor } from './route.ts';
+import type { CompiledRoute, RequestContext } from './context.ts';
+import { canonicalPrefix, createRouteStage, matchRoute, pathHasPrefix, sortRoutes, upstreamPathFor, withoutPathParameters } from './route.ts';
+import { compileDenyList } from '../upstream/header-deny-list.ts';
+import { BadPathError, RouteNotFoundError } from './errors.ts';
 
 function route(name: string, pathPrefix: string, extra: Partial<CompiledRoute> = {}): CompiledRoute {
   return {
@@ -17,6 +19,7 @@ function route(name: string, pathPrefix: string, extra: Partial<CompiledRoute> =
     deviceBinding: 'optional',
     requireEnrolledDevice: false,
     forwardAuthorization: false,
+    denyList: compileDenyList(),
     ...extra,
   };
 }
@@ -59,5 +62,44 @@ describe('route matching', () => {
     expect(upstreamPathFor(route('a', '/api/', { upstreamBasePath: '/base' }), '/api/x')).toBe('/base/api/x');
     expect(upstreamPathFor(route('a', '/api/', { stripPrefix: true }), '/api/x')).toBe('/x');
     expect(upstreamPathFor(route('a', '/api/', { stripPrefix: true }), '/api')).toBe('/');
+  });
+});
+
+describe('path parameters', () => {
+  it('reads a path as a servlet container does', () => {
+    expect(withoutPathParameters('/admin;x/secret')).toBe('/admin/secret');
+    expect(withoutPathParameters('/;/admin')).toBe('/admin');
+    expect(withoutPathParameters('/a;b;c/d;e/')).toBe('/a/d/');
+    expect(withoutPathParameters('/;x')).toBe('/');
+  });
+
+  const stage = createRouteStage([route('root', '/', { public: true }), route('admin', '/admin/'), route('api', '/api/')]);
+  const ctx = (path: string) => ({ host: 'h', path }) as RequestContext;
+
+  it.each(['/admin;x/secret', '/;/admin/x', '/admin;jsessionid=1', '/x;/../admin'.replace('/..', '')])(
+    'refuses %s: path parameters would move it to another route',
+    (path) => {
+      const c = ctx(path);
+      if (path === '/x;/admin') {
+        // `/x;/admin` is `/x/admin` to Tomcat: same route (root) either way
+        stage(c);
+        expect(c.route?.name).toBe('root');
+        return;
+      }
+      expect(() => stage(c)).toThrow(BadPathError);
+    },
+  );
+
+  it('lets path parameters through when the route is the same either way', () => {
+    const c = ctx('/api/a;v=1/b');
+    stage(c);
+    expect(c.route?.name).toBe('api');
+    expect(c.upstreamPath).toBe('/api/a;v=1/b');
+  });
+
+  it('still answers 404 for an unknown path, and 400 when only the parameters hide a route', () => {
+    const only = createRouteStage([route('api', '/api/')]);
+    expect(() => only(ctx('/nope;x'))).toThrow(RouteNotFoundError);
+    expect(() => only(ctx('/api;x/y'))).toThrow(BadPathError);
   });
 });

@@ -46,18 +46,33 @@ export function upstreamPathFor(route: CompiledRoute, path: string, basePath = r
   return basePath + rest;
 }
 
+/**
+ * The path as a servlet container routes it: each segment cut at its first ';' (RFC 3986 §3.3
+ * path parameters, which Tomcat, Jetty and Spring drop before matching), empty segments merged.
+ */
+export function withoutPathParameters(path: string): string {
+  let out = '';
+  for (const seg of path.split('/')) {
+    const semi = seg.indexOf(';');
+    const name = semi === -1 ? seg : seg.slice(0, semi);
+    if (name !== '') out += '/' + name;
+  }
+  return out === '' ? '/' : out + (path.endsWith('/') ? '/' : '');
+}
+
 // A linear scan over a handful of routes is cheaper than any index; revisit with hundreds.
 export function createRouteStage(routes: readonly CompiledRoute[]): Stage {
   const sorted = sortRoutes(routes);
   return (ctx: RequestContext) => {
     const route = matchRoute(sorted, ctx.host, ctx.path);
-    if (route === undefined) throw new RouteNotFoundError(`no route for ${ctx.host}${ctx.path}`);
-    // "/echo/../admin" normalises to "/admin": dot segments must not carry a request out of
-    // the prefix the client appeared to address, or into one it did not.
-    // The route the raw path appears to address must be the one the normalised path reaches.
-    if (ctx.hadDotSegments && matchRoute(sorted, ctx.host, ctx.rawPath) !== route) {
-      throw new BadPathError('dot segments cross a route prefix');
+    // `/admin;x/secret` is `/admin/secret` to Tomcat: if an upstream reading path parameters
+    // that way would be served by another route's prefix, the route the gateway chose (and the
+    // policy that decides on it) is not the one the upstream serves. Dot segments never get
+    // here (hygiene refuses them), so this is the one way left for a path to change routes.
+    if (ctx.path.includes(';') && matchRoute(sorted, ctx.host, withoutPathParameters(ctx.path)) !== route) {
+      throw new BadPathError('path parameters cross a route prefix');
     }
+    if (route === undefined) throw new RouteNotFoundError(`no route for ${ctx.host}${ctx.path}`);
     ctx.route = route;
     ctx.upstreamPath = upstreamPathFor(route, ctx.path);
   };

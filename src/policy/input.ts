@@ -56,11 +56,28 @@ export interface PolicyInput {
 // prove is in `identity` and `device`.
 const WITHHELD_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'dpop']);
 
-function policyHeaders(headers: RequestContext['headers']): Record<string, string> {
+/**
+ * The headers as the upstream will get them (upstream/headers.ts): without those the client
+ * listed in Connection (RFC 9110 §7.6.1) and those on the route's deny list (identity,
+ * client-address, original-URL, method-override, underscore names…), with the forwarding
+ * values the gateway writes instead of the client's. One value per name, as Node joined
+ * repeats (', ') or kept the first of a singleton (RFC 9110 §5.3); the upstream gets that
+ * same one value, so a repeated `x-tenant` cannot read one way here and another there.
+ */
+function policyHeaders(ctx: RequestContext): Record<string, string> {
+  const { headers, connectionListed } = ctx;
+  const deny = ctx.route?.denyList;
   const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(headers)) {
+  for (const name in headers) {
+    const value = headers[name];
     if (value === undefined || WITHHELD_HEADERS.has(name)) continue;
+    if ((connectionListed !== undefined && connectionListed.has(name)) || deny?.denies(name)) continue;
     out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  if (ctx.forwardedHost) {
+    out['x-forwarded-for'] = ctx.forwardedFor;
+    out['x-forwarded-proto'] = ctx.forwardedProto;
+    out['x-forwarded-host'] = ctx.forwardedHost;
   }
   return out;
 }
@@ -87,7 +104,7 @@ export function toPolicyInput(ctx: RequestContext, now: Date): PolicyInput {
       path: ctx.path,
       route: ctx.route?.name,
       ip: ctx.clientIp,
-      headers: policyHeaders(ctx.headers),
+      headers: policyHeaders(ctx),
       time: now,
     },
     identity:

@@ -14,39 +14,23 @@ const HOP_BY_HOP = [
   'trailer',
   'transfer-encoding',
   'upgrade',
+  // Expect: 100-continue is answered by the gateway itself (server.ts, after the pipeline);
+  // undici refuses to send it, and the upstream gets the body without having to invite it.
+  'expect',
 ];
 
-// Client-supplied forwarding and identity hints an upstream might believe. Upstreams learn
-// who is calling from the signed assertion only; anything that looks like it is removed.
-const SPOOFABLE = [
-  'forwarded',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-forwarded-port',
-  'x-forwarded-user',
-  'x-real-ip',
-  'x-request-id',
-  'x-remote-user',
-  'x-original-url',
-  'x-rewrite-url',
-];
-const SPOOFABLE_PREFIXES = ['x-zt-', 'x-user'];
-
-/** Compiled once per Runtime from server.stripHeaders and the assertion header name. */
+/** Compiled once per Runtime: what never crosses to the upstream whatever the route says. */
 export interface ForwardingPolicy {
-  /** Never forwarded: hop-by-hop, spoofable, configured, and the assertion header itself. */
+  /** Never forwarded: hop-by-hop and the assertion header itself. */
   readonly strip: ReadonlySet<string>;
-  readonly stripPrefixes: readonly string[];
   readonly assertionHeader: string;
 }
 
-export function compileForwardingPolicy(extraStrip: readonly string[], assertionHeader: string): ForwardingPolicy {
-  return Object.freeze({
-    strip: new Set([...HOP_BY_HOP, ...SPOOFABLE, ...extraStrip.map((h) => h.toLowerCase()), assertionHeader]),
-    stripPrefixes: Object.freeze([...SPOOFABLE_PREFIXES]),
-    assertionHeader,
-  });
+// Identity, client-address, certificate, original-URL, forwarding and method-override headers
+// are on the route's deny list (header-deny-list.ts, route.denyList), so that the policy and the
+// upstream leave out the same ones.
+export function compileForwardingPolicy(assertionHeader: string): ForwardingPolicy {
+  return Object.freeze({ strip: new Set([...HOP_BY_HOP, assertionHeader]), assertionHeader });
 }
 
 const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
@@ -56,7 +40,7 @@ const CREDENTIALS: ReadonlySet<string> = new Set(['authorization', 'dpop']);
  * Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). The common values
  * (keep-alive, close) name nothing else, so they cost no parsing.
  */
-function connectionListed(value: unknown): ReadonlySet<string> | undefined {
+export function connectionListed(value: unknown): ReadonlySet<string> | undefined {
   if (value === undefined || value === 'keep-alive' || value === 'close' || value === 'Keep-Alive') return undefined;
   const names = (Array.isArray(value) ? value.join(',') : String(value)).split(',').map((n) => n.trim().toLowerCase());
   return new Set(names.filter(Boolean));
@@ -70,13 +54,15 @@ function connectionListed(value: unknown): ReadonlySet<string> | undefined {
  * what reply-from set as Host for the upstream.
  */
 export function upstreamRequestHeaders(ctx: RequestContext, upstreamHost: string | undefined, policy: ForwardingPolicy): IncomingHttpHeaders {
-  const listed = connectionListed(ctx.headers.connection);
-  const dropCredentials = !ctx.route?.forwardAuthorization;
+  const listed = ctx.connectionListed;
+  const route = ctx.route!;
+  const dropCredentials = !route.forwardAuthorization;
+  const deny = route.denyList;
   const out: IncomingHttpHeaders = {};
   for (const name in ctx.headers) {
     if (policy.strip.has(name) || (listed !== undefined && listed.has(name))) continue;
     if (dropCredentials && CREDENTIALS.has(name)) continue; // upstreams get the assertion instead
-    if (name.charCodeAt(0) === 120 /* x */ && policy.stripPrefixes.some((p) => name.startsWith(p))) continue;
+    if (deny.denies(name)) continue; // the same test the policy input applies (policy/input.ts)
     out[name] = ctx.headers[name];
   }
   if (ctx.headers.te === 'trailers') out.te = 'trailers'; // the one TE value that may pass

@@ -18,9 +18,21 @@ export function translateUpstreamError(error: { statusCode?: number; code?: stri
   return new UpstreamUnreachableError('upstream failed', { cause: error });
 }
 
+/**
+ * reply-from refuses any target whose decoded text contains `/..` or `../` (its own traversal
+ * guard, lib/utils.js buildURL), so the legitimate names `...`, `..x` and `x..` became 500s.
+ * Hygiene has already refused every real dot segment and every escaped dot, so the guard can
+ * only misfire here: a tab between adjacent dots hides them from it, and the WHATWG URL parser
+ * that builds the request line next removes every tab (URL Standard, basic URL parser step 3),
+ * so the upstream receives the path unchanged (tested in test/e2e/attack-paths.test.ts).
+ */
+function replyFromTarget(path: string): string {
+  return path.includes('..') ? path.replace(/\.(?=\.)/g, '.\t') : path;
+}
+
 export function forward(reply: FastifyReply, ctx: RequestContext, policy: ForwardingPolicy, hooks: ForwardHooks): FastifyReply {
   const route = ctx.route!;
-  return reply.from((ctx.upstreamOrigin ?? route.upstreamOrigin) + ctx.upstreamPath!, {
+  return reply.from((ctx.upstreamOrigin ?? route.upstreamOrigin) + replyFromTarget(ctx.upstreamPath!), {
     timeout: route.timeoutMs,
     // reply-from retries GETs on 503 and on some socket errors by default; a gateway must
     // not multiply traffic to a struggling service behind the client's back.

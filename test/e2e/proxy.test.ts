@@ -128,10 +128,11 @@ describe('path confusion', () => {
     });
   }
 
-  it('normalises harmless dot segments and duplicate slashes within the route', async () => {
+  it('refuses dot segments even within the route (issue 11), and merges duplicate slashes', async () => {
     const res = await rawRequest(gw.url, '/echo/./a//b/../c', { headers: auth });
-    expect(res.status).toBe(200);
-    expect(res.json().url).toBe('/echo/a/c');
+    expect(res.status).toBe(400);
+    expect(res.json().code).toBe('ERR_BAD_PATH');
+    expect((await rawRequest(gw.url, '/echo/a//b', { headers: auth })).json().url).toBe('/echo/a/b');
   });
 
   it('routes an encoded unreserved character as its plain form', async () => {

@@ -14,6 +14,9 @@
 //   reader never sees half a file;
 // - with `watch`, a change is picked up within ~50 ms; a broken edit keeps the last good
 //   registry in memory (build, swap, keep the old one) and is reported through onError.
+// A device checks in (or an MDM sync reports its posture) through `ztgw device
+// checkin|update`, or by rewriting the file atomically: the gateway watches it.
+// Re-enrolling keeps a revocation unless told to reinstate; an update never touches it.
 // Writes are serialised within one process. Two processes writing at the same instant
 // can still lose one write (last rename wins); the Redis store is for shared writers.
 import { randomBytes } from 'node:crypto';
@@ -23,7 +26,9 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, Document, type YAMLSeq } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../../config/load.ts';
 import {
+  applyUpdate,
   byId,
+  checkId,
   checkRevokeId,
   DeviceRegistryUnavailableError,
   prepareEnrollment,
@@ -31,7 +36,9 @@ import {
   validateDevice,
   type DeviceRecord,
   type DeviceRegistry,
+  type DeviceUpdate,
   type EnrollInput,
+  type EnrollOptions,
 } from './registry.ts';
 
 export interface FileRegistryOptions {
@@ -165,13 +172,28 @@ export function createFileRegistry(opts: FileRegistryOptions): DeviceRegistry {
     async list() {
       return [...devices.values()].sort(byId);
     },
-    async enroll(input: EnrollInput) {
-      const record = prepareEnrollment(input, now());
+    async enroll(input: EnrollInput, options?: EnrollOptions) {
+      const fresh = prepareEnrollment(input, now());
       return mutate((records) => {
-        const i = records.findIndex((r) => r.id === record.id);
+        const i = records.findIndex((r) => r.id === fresh.id);
+        // A revocation survives a re-enrolment unless reinstated (decided on the file as
+        // re-read now, so a revoke by hand or by another instance is not lost either).
+        const revokedAt = options?.reinstate === true ? undefined : records[i]?.revokedAt;
+        const record = revokedAt === undefined ? fresh : Object.freeze({ ...fresh, revokedAt });
         if (i >= 0) records[i] = record;
         else records.push(record);
         return { result: record, index: i >= 0 ? i : records.length - 1 };
+      });
+    },
+    async update(id: string, change: DeviceUpdate) {
+      checkId(id);
+      return mutate((records) => {
+        const i = records.findIndex((r) => r.id === id);
+        const found = records[i];
+        if (found === undefined) return { result: undefined, index: undefined };
+        const record = applyUpdate(found, change);
+        records[i] = record;
+        return { result: record, index: i };
       });
     },
     async revoke(id, at) {
@@ -298,6 +320,7 @@ function plain(r: DeviceRecord): Record<string, unknown> {
   return {
     id: r.id,
     owner: r.owner,
+    ...(r.issuer !== undefined && { issuer: r.issuer }),
     ...(r.label !== undefined && { label: r.label }),
     enrolledAt: r.enrolledAt,
     ...(r.revokedAt !== undefined && { revokedAt: r.revokedAt }),

@@ -1,10 +1,16 @@
 // The shared device registry: Redis, for gateways that run as more than one instance.
 //
 // Layout (prefix defaults to "ztgw:device:"):
-//   prefix + <id>     hash: owner, enrolledAt, [revokedAt], [label], posture (JSON)
+//   prefix + <id>     hash: owner, [issuer], enrolledAt, [revokedAt], [label], posture (JSON)
 //   prefix + "index"  set of enrolled ids, for list()
-//   prefix + "events" pub/sub channel: the id of every device enrolled or revoked
+//   prefix + "events" pub/sub channel: the id of every device enrolled, updated or revoked
 // An id is always 43 characters, so it never collides with "index" or "events".
+//
+// An MDM sync may write posture directly: `HSET <prefix><id> posture '<JSON of all six
+// posture fields>'` on an existing hash (never DEL or HDEL: revokedAt lives in the same
+// hash), then `PUBLISH <prefix>events <id>`; without the PUBLISH every instance still
+// sees it once its cached answer expires (cacheTtlMs). A posture that does not validate
+// makes the device's requests fail closed (503), never pass.
 //
 // A revocation has to reach every instance quickly, and `get` is on the request path,
 // so reads go through a small per-instance LRU that holds an answer for at most
@@ -19,7 +25,9 @@
 import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import {
+  applyUpdate,
   byId,
+  checkId,
   checkRevokeId,
   DeviceRegistryUnavailableError,
   isDeviceId,
@@ -27,7 +35,9 @@ import {
   validateDevice,
   type DeviceRecord,
   type DeviceRegistry,
+  type DeviceUpdate,
   type EnrollInput,
+  type EnrollOptions,
 } from './registry.ts';
 
 export interface RedisRegistryOptions {
@@ -61,6 +71,41 @@ export interface RedisDeviceRegistry extends DeviceRegistry {
    */
   ready(): Promise<void>;
 }
+
+// Atomic: replaces the hash, keeping revokedAt unless ARGV[1] is "1" (reinstate), adds the
+// index entry and publishes. KEYS[1] device hash, KEYS[2] index; ARGV reinstate, channel,
+// id, then field/value pairs. Returns the revokedAt kept, or false.
+const ENROLL_LUA = `
+local revoked = false
+if ARGV[1] ~= '1' then revoked = redis.call('HGET', KEYS[1], 'revokedAt') end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if revoked then redis.call('HSET', KEYS[1], 'revokedAt', revoked) end
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return revoked
+`;
+const ENROLL_COMMAND = 'ztgwDeviceEnroll';
+
+// Compare-and-set of the fields an update changes: applied only if the hash still holds
+// what the caller read (ARGV[3], its posture JSON, and ARGV[4], its label or '' for none),
+// so a concurrent update is retried rather than overwritten, and a revocation is never
+// touched. KEYS[1] device hash; ARGV channel, id, old posture, old label, new posture,
+// new label ('' for none). Returns -1 unknown, 0 changed meanwhile, 1 done.
+const UPDATE_LUA = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'posture') ~= ARGV[3] then return 0 end
+if (redis.call('HGET', KEYS[1], 'label') or '') ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], 'posture', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'label', ARGV[6]) end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+`;
+const UPDATE_COMMAND = 'ztgwDeviceUpdate';
+type WithScripts = {
+  [ENROLL_COMMAND](key: string, index: string, reinstate: string, channel: string, id: string, ...fields: string[]): Promise<string | null>;
+  [UPDATE_COMMAND](key: string, channel: string, id: string, oldPosture: string, oldLabel: string, posture: string, label: string): Promise<number>;
+};
 
 // Atomic: never creates a hash for an unknown id, keeps the first revokedAt, and
 // publishes only when something changed. KEYS[1] device hash; ARGV revokedAt, channel, id.
@@ -96,6 +141,9 @@ export function createRedisRegistry(opts: RedisRegistryOptions): RedisDeviceRegi
 
   // Loaded once per connection and called by SHA (ioredis falls back to EVAL on NOSCRIPT).
   redis.defineCommand(REVOKE_COMMAND, { numberOfKeys: 1, lua: REVOKE_LUA });
+  redis.defineCommand(ENROLL_COMMAND, { numberOfKeys: 2, lua: ENROLL_LUA });
+  redis.defineCommand(UPDATE_COMMAND, { numberOfKeys: 1, lua: UPDATE_LUA });
+  const scripts = redis as unknown as WithScripts;
 
   // lru-cache reads a ttl of 0 as "no ttl", so a zero TTL means no cache at all.
   const cache =
@@ -212,21 +260,36 @@ export function createRedisRegistry(opts: RedisRegistryOptions): RedisDeviceRegi
       return records.sort(byId);
     },
 
-    async enroll(input: EnrollInput) {
+    async enroll(input: EnrollInput, options?: EnrollOptions) {
       const record = prepareEnrollment(input, now());
-      const key = keyOf(record.id);
-      // One transaction: the old hash (and its revokedAt) goes, the new one and the index
-      // entry appear, and the invalidation is published, all or nothing.
-      const replies = await call('MULTI enroll', () =>
-        redis.multi().del(key).hset(key, toHash(record)).sadd(indexKey, record.id).publish(channel, record.id).exec(),
+      // One script: the old hash goes (its revokedAt kept unless reinstated), the new one
+      // and the index entry appear, and the invalidation is published, all or nothing.
+      const fields = Object.entries(toHash(record)).flat();
+      const revokedAt = await call('enroll', () =>
+        scripts[ENROLL_COMMAND](keyOf(record.id), indexKey, options?.reinstate === true ? '1' : '0', channel, record.id, ...fields),
       );
-      const failed = replies?.find(([err]) => err);
-      if (!replies || failed) {
-        const cause = failed?.[0] ?? new Error('transaction aborted');
-        throw new DeviceRegistryUnavailableError(`device registry: Redis enroll failed: ${cause.message}`, { cause });
-      }
       invalidate(record.id);
-      return record;
+      if (typeof revokedAt !== 'string') return record;
+      return parseStored(record.id, { ...toHash(record), revokedAt });
+    },
+
+    async update(id: string, change: DeviceUpdate) {
+      checkId(id);
+      // Read, change, and write back only if nobody changed it meanwhile; a few tries
+      // cover concurrent check-ins of one device.
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const hash = await call('HGETALL', () => redis.hgetall(keyOf(id)));
+        const current = fromHash(id, hash);
+        if (current === undefined) return undefined;
+        const next = applyUpdate(current, change);
+        const done = await call('update', () =>
+          scripts[UPDATE_COMMAND](keyOf(id), channel, id, hash.posture!, hash.label ?? '', JSON.stringify(next.posture), next.label ?? ''),
+        );
+        invalidate(id);
+        if (done === -1) return undefined;
+        if (done === 1) return next;
+      }
+      throw new DeviceRegistryUnavailableError(`device registry: update of ${id} kept racing with other writers`);
     },
 
     async revoke(id, at) {
@@ -252,6 +315,7 @@ export function createRedisRegistry(opts: RedisRegistryOptions): RedisDeviceRegi
 
 function toHash(r: DeviceRecord): Record<string, string> {
   const hash: Record<string, string> = { owner: r.owner, enrolledAt: r.enrolledAt, posture: JSON.stringify(r.posture) };
+  if (r.issuer !== undefined) hash.issuer = r.issuer;
   if (r.label !== undefined) hash.label = r.label;
   return hash;
 }
@@ -261,6 +325,10 @@ function toHash(r: DeviceRecord): Record<string, string> {
  * HSET). A record that does not validate is an error, never "not enrolled". Fields this
  * version does not know are ignored, so a rolling upgrade that adds one keeps working.
  */
+function parseStored(id: string, hash: Record<string, string>): DeviceRecord {
+  return fromHash(id, hash)!;
+}
+
 function fromHash(id: string, hash: Record<string, string> | undefined): DeviceRecord | undefined {
   if (!hash || Object.keys(hash).length === 0) return undefined;
   let posture: unknown;
@@ -272,6 +340,7 @@ function fromHash(id: string, hash: Record<string, string> | undefined): DeviceR
   const result = validateDevice({
     id,
     owner: hash.owner,
+    ...(hash.issuer !== undefined && { issuer: hash.issuer }),
     posture,
     enrolledAt: hash.enrolledAt,
     ...(hash.revokedAt !== undefined && { revokedAt: hash.revokedAt }),

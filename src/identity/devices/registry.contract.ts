@@ -110,16 +110,89 @@ export function registryContract(name: string, make: MakeRegistry): void {
       await expect(registry.revoke('short')).rejects.toBeInstanceOf(DeviceValidationError);
     });
 
-    it('re-enrolling clears revokedAt and replaces owner, posture and label', async () => {
+    it('re-enrolling replaces owner, issuer, posture and label but keeps a revocation', async () => {
+      const first = deviceInput('a', { label: 'old', issuer: 'https://idp-a.example/' });
+      await registry.enroll(first);
+      await registry.revoke(first.id, new Date('2025-03-01T10:30:00.000Z'));
+      clock = new Date('2025-03-01T12:00:00.000Z');
+      const second = deviceInput('a', { owner: 'bob', issuer: 'https://idp-b.example/', posture: { ...first.posture, trustLevel: 'low', managed: false } });
+      const record = await registry.enroll(second);
+      expect(record).toEqual({ ...second, enrolledAt: '2025-03-01T12:00:00.000Z', revokedAt: '2025-03-01T10:30:00.000Z' });
+      expect(await registry.get(first.id)).toEqual(record);
+      expect(await registry.list()).toEqual([record]);
+    });
+
+    it('re-enrolling with reinstate clears the revocation', async () => {
       const first = deviceInput('a', { label: 'old' });
       await registry.enroll(first);
       await registry.revoke(first.id, new Date('2025-03-01T10:30:00.000Z'));
       clock = new Date('2025-03-01T12:00:00.000Z');
-      const second = deviceInput('a', { owner: 'bob', posture: { ...first.posture, trustLevel: 'low', managed: false } });
-      const record = await registry.enroll(second);
+      const second = deviceInput('a', { owner: 'bob' });
+      const record = await registry.enroll(second, { reinstate: true });
       expect(record).toEqual({ ...second, enrolledAt: '2025-03-01T12:00:00.000Z' });
       expect(await registry.get(first.id)).toEqual(record);
-      expect(await registry.list()).toEqual([record]);
+      // and reinstating a device that was never revoked is an ordinary enrolment
+      expect(await registry.enroll(deviceInput('b'), { reinstate: true })).toEqual({ ...deviceInput('b'), enrolledAt: '2025-03-01T12:00:00.000Z' });
+    });
+
+    it('keeps the owner\'s issuer; a record without one reads back without one', async () => {
+      const withIssuer = await registry.enroll(deviceInput('a', { issuer: 'https://idp.example/' }));
+      expect((await registry.get(withIssuer.id))?.issuer).toBe('https://idp.example/');
+      const without = await registry.enroll(deviceInput('b'));
+      expect('issuer' in ((await registry.get(without.id)) as object)).toBe(false);
+    });
+
+    it('update changes posture fields and the label only, and returns the record', async () => {
+      const { id } = await registry.enroll(deviceInput('a', { label: 'lab', issuer: 'https://idp.example/' }));
+      const updated = await registry.update(id, { posture: { managed: false, os: 'Windows', lastCheckIn: '2025-03-05T08:00:00.000Z' }, label: 'new' });
+      const expected = {
+        ...deviceInput('a', { label: 'new', issuer: 'https://idp.example/' }),
+        enrolledAt: T0.toISOString(),
+        posture: { ...deviceInput('a').posture, managed: false, os: 'Windows', lastCheckIn: '2025-03-05T08:00:00.000Z' },
+      };
+      expect(updated).toEqual(expected);
+      expect(await registry.get(id)).toEqual(expected);
+      expect(await registry.list()).toEqual([expected]);
+    });
+
+    it('update (a check-in) never clears a revocation', async () => {
+      const { id } = await registry.enroll(deviceInput('a'));
+      await registry.revoke(id, new Date('2025-03-02T00:00:00.000Z'));
+      const updated = await registry.update(id, { posture: { lastCheckIn: '2025-03-03T00:00:00.000Z' } });
+      expect(updated?.revokedAt).toBe('2025-03-02T00:00:00.000Z');
+      expect(updated?.posture.lastCheckIn).toBe('2025-03-03T00:00:00.000Z');
+      expect((await registry.get(id))?.revokedAt).toBe('2025-03-02T00:00:00.000Z');
+    });
+
+    it('update of an unknown device is undefined and creates nothing', async () => {
+      expect(await registry.update(fingerprint('ghost'), { posture: { managed: true } })).toBeUndefined();
+      expect(await registry.list()).toEqual([]);
+    });
+
+    it.each([
+      ['a malformed id', 'short', { posture: { managed: true } }, 'id'],
+      ['a wrong type', 'ok', { posture: { managed: 'yes' } }, 'posture.managed'],
+      ['a bad date', 'ok', { posture: { lastCheckIn: 'now' } }, 'posture.lastCheckIn'],
+      ['an unknown posture field', 'ok', { posture: { rooted: false } }, 'posture.rooted'],
+      ['the owner', 'ok', { owner: 'mallory' }, 'owner'],
+      ['the revocation', 'ok', { revokedAt: undefined }, 'revokedAt'],
+      ['the issuer', 'ok', { issuer: 'https://evil.example/' }, 'issuer'],
+    ])('update rejects %s with DeviceValidationError, changing nothing', async (_, which, change, field) => {
+      const record = await registry.enroll(deviceInput('a'));
+      const err = await registry.update(which === 'ok' ? record.id : which, change as never).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DeviceValidationError);
+      expect((err as DeviceValidationError).issues.map((i) => i.field)).toContain(field);
+      expect(await registry.get(record.id)).toEqual(record);
+    });
+
+    it('concurrent updates of one device all land', async () => {
+      const { id } = await registry.enroll(deviceInput('a'));
+      await Promise.all([
+        registry.update(id, { posture: { os: 'Linux' } }),
+        registry.update(id, { posture: { osVersion: '6.9' } }),
+        registry.update(id, { posture: { trustLevel: 'medium' } }),
+      ]);
+      expect((await registry.get(id))?.posture).toMatchObject({ os: 'Linux', osVersion: '6.9', trustLevel: 'medium' });
     });
 
     it('ignores a revokedAt passed to enroll: enrolling is never revoking', async () => {
@@ -147,6 +220,8 @@ export function registryContract(name: string, make: MakeRegistry): void {
       ['an unknown field', (i) => ({ ...i, colour: 'blue' }), 'colour'],
       ['an unknown posture field', (i) => ({ ...i, posture: { ...i.posture, jailbroken: false } }), 'posture.jailbroken'],
       ['an empty label', (i) => ({ ...i, label: '' }), 'label'],
+      ['an empty issuer', (i) => ({ ...i, issuer: '' }), 'issuer'],
+      ['an issuer with a newline', (i) => ({ ...i, issuer: 'https://idp/\nx' }), 'issuer'],
     ];
     it.each(invalid)('rejects %s with DeviceValidationError naming the field, storing nothing', async (_, mutate, field) => {
       const input = mutate(deviceInput('a')) as EnrollInput;

@@ -29,15 +29,40 @@ export interface DeviceRecord {
   id: string;
   /** The token `sub` of the device's owner. */
   owner: string;
+  /**
+   * The `iss` of the owner's tokens (the URL, not the config's issuer name: it survives a
+   * rename in the config). A `sub` is only unique within its issuer (OIDC Core §2), so the
+   * owner is this pair. Absent in records from before it existed: those match only while
+   * exactly one issuer is configured (see ownsDevice).
+   */
+  issuer?: string;
   posture: DevicePosture;
   /** ISO 8601. */
   enrolledAt: string;
-  /** ISO 8601; set once, kept so the registry is an audit trail. Re-enrolling clears it. */
+  /**
+   * ISO 8601; set once, kept so the registry is an audit trail. Re-enrolling keeps it
+   * unless the enrolment says `reinstate`: a revocation is never undone by accident.
+   */
   revokedAt?: string;
   label?: string;
 }
 
 export type EnrollInput = Omit<DeviceRecord, 'enrolledAt' | 'revokedAt'> & { enrolledAt?: string };
+
+export interface EnrollOptions {
+  /** Clear a revocation of this id. Without it a re-enrolment keeps revokedAt. */
+  reinstate?: boolean;
+}
+
+/**
+ * What a check-in or an MDM sync may change: posture fields and the label. Never the
+ * owner, the issuer or the revocation, so a posture feed cannot hand a device to someone
+ * else or bring a revoked one back.
+ */
+export interface DeviceUpdate {
+  posture?: Partial<DevicePosture>;
+  label?: string;
+}
 
 export interface DeviceRegistry {
   /**
@@ -49,10 +74,18 @@ export interface DeviceRegistry {
   /** Every record, revoked ones included, sorted by id. */
   list(): Promise<DeviceRecord[]>;
   /**
-   * Adds the device, or replaces it (owner, posture, label) and clears revokedAt.
-   * Rejects with DeviceValidationError on a malformed record; nothing is stored then.
+   * Adds the device, or replaces it (owner, issuer, posture, label). A revocation stays
+   * unless `reinstate` is set. Rejects with DeviceValidationError on a malformed record;
+   * nothing is stored then.
    */
-  enroll(record: EnrollInput): Promise<DeviceRecord>;
+  enroll(record: EnrollInput, options?: EnrollOptions): Promise<DeviceRecord>;
+  /**
+   * Changes posture fields and the label of an enrolled device (a check-in sets
+   * posture.lastCheckIn); the revocation, owner and issuer are kept. The new record, or
+   * undefined when the device is unknown. Rejects with DeviceValidationError on a
+   * malformed id or change; nothing is stored then.
+   */
+  update(id: string, change: DeviceUpdate): Promise<DeviceRecord | undefined>;
   /**
    * Marks the device revoked at `at` (default now). True when the device is enrolled
    * (and now revoked), false when it is unknown. Revoking a revoked device keeps the
@@ -117,7 +150,7 @@ const MAX_TEXT = 256;
 // different instant on each gateway instance.
 const ISO_DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
 
-const RECORD_FIELDS = new Set(['id', 'owner', 'posture', 'enrolledAt', 'revokedAt', 'label']);
+const RECORD_FIELDS = new Set(['id', 'owner', 'issuer', 'posture', 'enrolledAt', 'revokedAt', 'label']);
 const POSTURE_FIELDS = new Set(['managed', 'diskEncrypted', 'os', 'osVersion', 'lastCheckIn', 'trustLevel']);
 
 export type ValidationResult = { ok: true; record: DeviceRecord } | { ok: false; issues: DeviceIssue[] };
@@ -135,12 +168,13 @@ export function validateDevice(value: unknown): ValidationResult {
   if (!isPlainObject(value)) return { ok: false, issues: [{ field: '', message: `expected an object, got ${typeName(value)}` }] };
   for (const key of Object.keys(value)) if (!RECORD_FIELDS.has(key)) unknown(key, key);
 
-  const { id, owner, posture, enrolledAt, revokedAt, label } = value;
+  const { id, owner, issuer, posture, enrolledAt, revokedAt, label } = value;
   if (typeof id !== 'string') add('id', `expected string, got ${typeName(id)}`);
   else if (!isDeviceId(id)) {
     add('id', `must be the base64url SHA-256 fingerprint of the device key (43 characters of A-Z a-z 0-9 - _, no padding), got ${describeId(id)}`);
   }
   text('owner', owner, add, { required: true });
+  if (issuer !== undefined) text('issuer', issuer, add, { required: true });
   if (label !== undefined) text('label', label, add, { required: true });
   timestamp('enrolledAt', enrolledAt, add);
   if (revokedAt !== undefined) timestamp('revokedAt', revokedAt, add);
@@ -164,6 +198,7 @@ export function validateDevice(value: unknown): ValidationResult {
   const record: DeviceRecord = {
     id: id as string,
     owner: owner as string,
+    ...(issuer !== undefined && { issuer: issuer as string }),
     posture: Object.freeze({
       managed: p.managed,
       diskEncrypted: p.diskEncrypted,
@@ -187,8 +222,9 @@ export function parseDevice(value: unknown): DeviceRecord {
 }
 
 /**
- * The record an enroll stores: enrolledAt defaulted to `now`, revokedAt dropped (a
- * re-enrolment is a fresh start), everything validated. Shared so the stores agree.
+ * The record an enroll stores: enrolledAt defaulted to `now`, a revokedAt in the input
+ * dropped (enrolling is never revoking; the store keeps an existing revocation unless
+ * told to reinstate), everything validated. Shared so the stores agree.
  */
 export function prepareEnrollment(input: EnrollInput, now: Date): DeviceRecord {
   if (!isPlainObject(input)) throw new DeviceValidationError([{ field: '', message: `expected an object, got ${typeName(input)}` }]);
@@ -196,8 +232,41 @@ export function prepareEnrollment(input: EnrollInput, now: Date): DeviceRecord {
   return parseDevice({ ...rest, enrolledAt: input.enrolledAt ?? now.toISOString() });
 }
 
+/** The record after `change` (see DeviceUpdate), validated; the revocation, owner and issuer untouched. */
+export function applyUpdate(record: DeviceRecord, change: DeviceUpdate): DeviceRecord {
+  const issues: DeviceIssue[] = [];
+  if (!isPlainObject(change)) throw new DeviceValidationError([{ field: '', message: `expected an object, got ${typeName(change)}` }]);
+  for (const key of Object.keys(change)) {
+    if (key !== 'posture' && key !== 'label') issues.push({ field: key, message: `cannot be changed by an update (only posture and label)`, unknown: true });
+  }
+  if (change.posture !== undefined && !isPlainObject(change.posture)) issues.push({ field: 'posture', message: `expected an object, got ${typeName(change.posture)}` });
+  if (issues.length > 0) throw new DeviceValidationError(issues);
+  const posture = change.posture === undefined ? record.posture : { ...record.posture, ...definedOnly(change.posture as object) };
+  return parseDevice({ ...record, posture, ...(change.label !== undefined && { label: change.label }) });
+}
+
+function definedOnly(o: object): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+}
+
+/**
+ * Whether the token's (issuer, subject) owns the device. A record without an issuer
+ * (enrolled before the registry kept one) matches only when `soleIssuer`, the one
+ * configured issuer, is the token's: with several issuers an equal `sub` at another IdP
+ * could be someone else, so it fails closed until the record names its issuer.
+ */
+export function ownsDevice(record: DeviceRecord, issuer: string, subject: string, soleIssuer: string | undefined): boolean {
+  if (record.owner !== subject) return false;
+  return record.issuer !== undefined ? record.issuer === issuer : soleIssuer !== undefined && soleIssuer === issuer;
+}
+
 /** The id a revoke names, checked: a typo in `ztgw device revoke` must not look like "unknown device". */
 export function checkRevokeId(id: unknown): string {
+  return checkId(id);
+}
+
+/** An id an operation names, checked: a typo must not look like "unknown device". */
+export function checkId(id: unknown): string {
   if (!isDeviceId(id)) {
     throw new DeviceValidationError([{ field: 'id', message: `must be a 43-character base64url SHA-256 fingerprint, got ${typeof id === 'string' ? describeId(id) : typeName(id)}` }]);
   }

@@ -1,0 +1,79 @@
+// One way out for every request the data plane answered: plain requests, WebSocket upgrades,
+// requests the router refused and requests Node's parser refused before any route ran all
+// write the same access line and count in the same metrics. A second, hand-rolled logger in
+// one of those paths is how a refused (and interesting) request goes unseen.
+import type { Logger } from 'pino';
+import type { ZtError } from '../pipeline/errors.ts';
+import type { Decision, GatewayMetrics } from './metrics.ts';
+
+/** What one answered request contributes to the access log and the request metrics. */
+export interface AccessRecord {
+  readonly reqId: string;
+  /** undefined when the parser refused the request before its method was known. */
+  readonly method: string | undefined;
+  /** Normalised path, or the raw target: the query is cut off here, whatever the caller passes. */
+  readonly path: string | undefined;
+  /** Route name; undefined when none was matched. */
+  readonly route: string | undefined;
+  readonly status: number;
+  /** Time to answer; undefined when the start is unknown (parser errors). */
+  readonly ms: number | undefined;
+  /** The refusal, when the gateway refused the request itself. */
+  readonly error: ZtError | undefined;
+  readonly sub: string | undefined;
+  readonly client: string | undefined;
+  /** Set for WebSocket upgrades (and CONNECT): the protocol that was asked for. */
+  readonly upgrade?: string;
+}
+
+export type AccessRecorder = (record: AccessRecord) => void;
+
+// A refused target can be as long as the head allows (16 KB by default); the log needs the
+// start of it, not all of it.
+const MAX_LOGGED_PATH = 1024;
+
+/**
+ * The path as logged: never the query string, which carries tokens, codes and personal data
+ * in practice (OAuth `code=`, signed-URL signatures, `email=`), and never more than
+ * MAX_LOGGED_PATH characters.
+ */
+export function loggedPath(target: string | undefined): string | undefined {
+  if (target === undefined) return undefined;
+  const q = target.indexOf('?');
+  const path = q === -1 ? target : target.slice(0, q);
+  return path.length > MAX_LOGGED_PATH ? path.slice(0, MAX_LOGGED_PATH) : path;
+}
+
+function decisionOf(status: number, error: ZtError | undefined, routed: boolean): Decision {
+  if (error === undefined) return status >= 500 && !routed ? 'error' : 'allow';
+  return status === 401 || status === 403 ? 'deny' : 'error';
+}
+
+export function createAccessRecorder(accessLogger: Logger, metrics: GatewayMetrics): AccessRecorder {
+  return (r: AccessRecord): void => {
+    const route = r.route ?? 'none';
+    const { status, error } = r;
+    const decision = decisionOf(status, error, r.route !== undefined);
+    metrics.requests.inc(route, status, decision);
+    if (r.ms !== undefined) metrics.requestDuration.series(route).observe(r.ms / 1000);
+    // 401s and 403s by code: credential stuffing, DPoP replays, policy denies and revoked
+    // devices are each one series to alert on.
+    if (error !== undefined && (status === 401 || status === 403)) metrics.authFailures.inc({ reason: error.code });
+    accessLogger.info(
+      {
+        reqId: r.reqId,
+        method: r.method,
+        path: loggedPath(r.path),
+        route,
+        status,
+        ms: r.ms === undefined ? undefined : Math.round(r.ms * 100) / 100,
+        decision,
+        sub: r.sub,
+        client: r.client,
+        code: error?.code,
+        upgrade: r.upgrade,
+      },
+      'access',
+    );
+  };
+}
