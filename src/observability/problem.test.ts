@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
 import { ALL_ERRORS, InvalidTokenError, MissingTokenError, UpstreamTimeoutError } from '../pipeline/errors.ts';
 import { PROBLEMS, toProblem } from './problem.ts';
 
@@ -18,6 +19,13 @@ describe('problem mapping', () => {
   it('has no stale entries for codes that no longer exist', () => {
     const codes = new Set<string>(ALL_ERRORS.map((e) => e.code));
     expect(Object.keys(PROBLEMS).filter((c) => !codes.has(c))).toEqual([]);
+  });
+
+  it('documents every code, with its status, in the README (and nothing else there)', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const table = readme.slice(readme.indexOf('### Error codes'), readme.indexOf('\n## ', readme.indexOf('### Error codes')));
+    const rows = new Map([...table.matchAll(/^\| `(ERR_[A-Z_]+)` \| (\d{3}) \|/gm)].map((m) => [m[1], Number(m[2])]));
+    expect(Object.fromEntries(rows)).toEqual(Object.fromEntries(ALL_ERRORS.map((e) => [e.code, new e('x').status])));
   });
 
   it('never sends the error message or cause to the client', () => {

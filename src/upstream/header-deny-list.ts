@@ -76,15 +76,11 @@ export const DENY_GROUPS: readonly DenyGroup[] = [
 ];
 
 /**
- * Written by the gateway on every forwarded request, or meaningful only on one connection:
- * a route cannot opt in to receive the client's copy (the config loader says so).
+ * Connection-specific headers (RFC 9110 §7.6.1): they describe one hop and never cross the
+ * proxy in either direction. The one list both this module and headers.ts use; it lives here
+ * because this module imports nothing, so headers.ts can import it without a cycle.
  */
-export const GATEWAY_OWNED: ReadonlySet<string> = new Set([
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-request-id',
-  'host',
+export const HOP_BY_HOP: readonly string[] = [
   'connection',
   'keep-alive',
   'proxy-connection',
@@ -94,7 +90,13 @@ export const GATEWAY_OWNED: ReadonlySet<string> = new Set([
   'trailer',
   'transfer-encoding',
   'upgrade',
-]);
+];
+
+/**
+ * Written by the gateway on every forwarded request, or meaningful only on one connection:
+ * a route cannot opt in to receive the client's copy (the config loader says so).
+ */
+export const GATEWAY_OWNED: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'host', ...HOP_BY_HOP]);
 
 export interface HeaderDenyList {
   /** True when a client's header by this (lower-case) name must not be forwarded nor shown to the policy. */

@@ -3,17 +3,10 @@
 // written by the gateway from what hygiene established, never copied from the client.
 import type { IncomingHttpHeaders } from 'node:http';
 import type { RequestContext } from '../pipeline/context.ts';
+import { HOP_BY_HOP } from './header-deny-list.ts';
 
-const HOP_BY_HOP = [
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
+const NEVER_CROSSES = [
+  ...HOP_BY_HOP,
   // Expect: 100-continue is answered by the gateway itself (server.ts, after the pipeline);
   // undici refuses to send it, and the upstream gets the body without having to invite it.
   'expect',
@@ -30,10 +23,10 @@ export interface ForwardingPolicy {
 // are on the route's deny list (header-deny-list.ts, route.denyList), so that the policy and the
 // upstream leave out the same ones.
 export function compileForwardingPolicy(assertionHeader: string): ForwardingPolicy {
-  return Object.freeze({ strip: new Set([...HOP_BY_HOP, assertionHeader]), assertionHeader });
+  return Object.freeze({ strip: new Set([...NEVER_CROSSES, assertionHeader]), assertionHeader });
 }
 
-const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
+const NEVER_CROSSES_SET: ReadonlySet<string> = new Set(NEVER_CROSSES);
 const CREDENTIALS: ReadonlySet<string> = new Set(['authorization', 'dpop']);
 
 /**
@@ -83,7 +76,7 @@ export function clientResponseHeaders(ctx: RequestContext, headers: IncomingHttp
   const listed = connectionListed(headers.connection);
   const out: IncomingHttpHeaders = {};
   for (const name in headers) {
-    if (HOP_BY_HOP_SET.has(name) || (listed !== undefined && listed.has(name))) continue;
+    if (NEVER_CROSSES_SET.has(name) || (listed !== undefined && listed.has(name))) continue;
     out[name] = headers[name];
   }
   out['x-request-id'] = ctx.id;

@@ -79,7 +79,6 @@ function requestContext(): RequestContext {
     tls: true,
     isUpgrade: false,
     path: '/api/repos/zt-gateway/commits',
-    hadDotSegments: false,
     rawPath: '/api/repos/zt-gateway/commits',
     query: '?per_page=50',
     host: 'code.example.com',

@@ -8,7 +8,6 @@
 // Every refusal also checks that the upstream saw nothing. The CLI runs as operators run it.
 import { spawn } from 'node:child_process';
 import { Agent, request as httpsRequest } from 'node:https';
-import { createHash, createPrivateKey, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -20,6 +19,7 @@ import { createIssuer, type Issuer } from '../../src/dev/issuer.ts';
 import { createFileRegistry } from '../../src/identity/devices/file-store.ts';
 import { createRedisRegistry } from '../../src/identity/devices/redis-store.ts';
 import type { DevicePosture, DeviceRegistry } from '../../src/identity/devices/registry.ts';
+import { newDpopKey, type DpopKey } from '../helpers/dpop-key.ts';
 import { createDeviceCa, createServerCert, type DeviceCa, type IssuedCert } from '../helpers/certs.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { rawRequest, type RawResponse } from '../helpers/http.ts';
@@ -76,29 +76,7 @@ const posture = (lastCheckIn = new Date().toISOString()): DevicePosture => ({
   trustLevel: 'high',
 });
 
-// ── DPoP client: a key, tokens bound to it, proofs made with node:crypto ──────────
-
-interface DpopKey {
-  jkt: string;
-  proof(htu: string, token: string, method?: string): string;
-}
-
-function newDpopKey(): DpopKey {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const { crv, kty, x, y } = publicKey.export({ format: 'jwk' });
-  const jkt = createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url');
-  const header = Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: { crv, kty, x, y } })).toString('base64url');
-  const key: KeyObject = createPrivateKey(privateKey.export({ format: 'pem', type: 'pkcs8' }));
-  return {
-    jkt,
-    proof(htu, token, method = 'GET') {
-      const ath = createHash('sha256').update(token).digest('base64url');
-      const claims = Buffer.from(JSON.stringify({ htm: method, htu, iat: Math.floor(Date.now() / 1000), jti: randomUUID(), ath })).toString('base64url');
-      const signature = sign('sha256', Buffer.from(`${header}.${claims}`), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url');
-      return `${header}.${claims}.${signature}`;
-    },
-  };
-}
+// ── DPoP client: a key (helpers/dpop-key.ts), tokens bound to it ─────────────────────
 
 const token = (idp: Issuer, sub: string, cnf?: Record<string, string>) =>
   idp.sign(cnf === undefined ? {} : { cnf }, { sub, aud: 'zt-gateway', expiresIn: '10m' });
@@ -153,6 +131,22 @@ function cliConfig(name: string, issuers: Record<string, unknown>[], registry: R
   return file;
 }
 
+/**
+ * A gateway on the file registry `file`, in which a fresh DPoP key (`laptop`) is enrolled to
+ * alice at idpA, and a token of alice's bound to that key.
+ */
+async function startWithEnrolledKey(file: string): Promise<{ gw: TestGateway; registry: DeviceRegistry; laptop: DpopKey; bound: string }> {
+  const laptop = newDpopKey();
+  const bound = await token(idpA, 'alice', { jkt: laptop.jkt });
+  const registry = createFileRegistry({ file });
+  await registry.enroll({ id: laptop.jkt, owner: 'alice', issuer: idpA.issuer, posture: posture() });
+  const gw = await startTestGateway(gatewayConfig({ file }), { dir }).catch(async (err) => {
+    await registry.close();
+    throw err;
+  });
+  return { gw, registry, laptop, bound };
+}
+
 // ── revoked everywhere: DPoP ────────────────────────────────────────────────────────
 
 describe('a revoked DPoP key', () => {
@@ -160,14 +154,9 @@ describe('a revoked DPoP key', () => {
   let registry: DeviceRegistry;
   let laptop: DpopKey;
   let bound: string;
-  const file = () => join(dir, 'dpop-devices.yaml');
 
   beforeAll(async () => {
-    laptop = newDpopKey();
-    bound = await token(idpA, 'alice', { jkt: laptop.jkt });
-    registry = createFileRegistry({ file: file() });
-    await registry.enroll({ id: laptop.jkt, owner: 'alice', issuer: idpA.issuer, posture: posture() });
-    gw = await startTestGateway(gatewayConfig({ file: file() }), { dir });
+    ({ gw, registry, laptop, bound } = await startWithEnrolledKey(join(dir, 'dpop-devices.yaml')));
   });
   afterAll(async () => {
     await gw?.close();
@@ -310,11 +299,7 @@ describe('device ownership', () => {
   const file = () => join(dir, 'owner-devices.yaml');
 
   beforeAll(async () => {
-    laptop = newDpopKey();
-    tokenA = await token(idpA, 'alice', { jkt: laptop.jkt });
-    registry = createFileRegistry({ file: file() });
-    await registry.enroll({ id: laptop.jkt, owner: 'alice', issuer: idpA.issuer, posture: posture() });
-    gw = await startTestGateway(gatewayConfig({ file: file() }), { dir });
+    ({ gw, registry, laptop, bound: tokenA } = await startWithEnrolledKey(file()));
   });
   afterAll(async () => {
     await gw?.close();

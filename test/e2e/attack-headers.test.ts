@@ -13,7 +13,7 @@ import { createIssuer } from '../../src/dev/issuer.ts';
 import { DENY_GROUPS } from '../../src/upstream/header-deny-list.ts';
 import { serveJwks } from '../helpers/jwks-server.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { netRequest, type NetResponse } from '../helpers/net-request.ts';
+import { netRequest, type NetResponse } from '../helpers/raw-socket.ts';
 
 const ISS = 'https://idp.headers.test/';
 const AUD = 'zt-gateway';

@@ -11,7 +11,7 @@ import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer } from '../../src/dev/issuer.ts';
 import { serveJwks } from '../helpers/jwks-server.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { netRequest, type NetResponse } from '../helpers/net-request.ts';
+import { netRequest, type NetResponse } from '../helpers/raw-socket.ts';
 
 const ISS = 'https://idp.origin.test/';
 const AUD = 'zt-gateway';

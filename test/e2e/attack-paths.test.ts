@@ -9,7 +9,7 @@ import { createIssuer } from '../../src/dev/issuer.ts';
 import { normalisePath } from '../../src/pipeline/hygiene.ts';
 import { serveJwks } from '../helpers/jwks-server.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { netRequest, type NetResponse } from '../helpers/net-request.ts';
+import { netRequest, type NetResponse } from '../helpers/raw-socket.ts';
 
 const ISS = 'https://idp.paths.test/';
 const AUD = 'zt-gateway';

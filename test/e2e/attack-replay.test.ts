@@ -5,7 +5,7 @@
 // holding its share, refuses new proofs (503, Retry-After) and remembers every live jti.
 // Proofs are made here with node:crypto (the flood needs thousands, fast); requests are
 // raw HTTP/1.1 over one keep-alive socket per flood.
-import { createHash, createPrivateKey, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer, type Issuer } from '../../src/dev/issuer.ts';
+import { newDpopKey } from '../helpers/dpop-key.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { rawRequest } from '../helpers/http.ts';
 import { startRedis } from '../helpers/redis.ts';
@@ -32,7 +33,7 @@ afterAll(async () => {
   await echo?.close();
 });
 
-/** A DPoP client: its ES256 key, a token bound to it, and proofs minted synchronously. */
+/** A DPoP client: its ES256 key, a token bound to it, and proofs minted synchronously (the flood needs thousands). */
 interface Client {
   jkt: string;
   token: string;
@@ -40,22 +41,9 @@ interface Client {
 }
 
 async function newClient(sub: string): Promise<Client> {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const { crv, kty, x, y } = publicKey.export({ format: 'jwk' });
-  const jkt = createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url');
-  const token = await idp.sign({ cnf: { jkt } }, { sub, aud: 'zt-gateway', expiresIn: '10m' });
-  const ath = createHash('sha256').update(token).digest('base64url');
-  const header = Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: { crv, kty, x, y } })).toString('base64url');
-  const key: KeyObject = createPrivateKey(privateKey.export({ format: 'pem', type: 'pkcs8' }));
-  return {
-    jkt,
-    token,
-    proof(htu, method = 'GET') {
-      const claims = Buffer.from(JSON.stringify({ htm: method, htu, iat: Math.floor(Date.now() / 1000), jti: randomUUID(), ath })).toString('base64url');
-      const signature = sign('sha256', Buffer.from(`${header}.${claims}`), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url');
-      return `${header}.${claims}.${signature}`;
-    },
-  };
+  const key = newDpopKey();
+  const token = await idp.sign({ cnf: { jkt: key.jkt } }, { sub, aud: 'zt-gateway', expiresIn: '10m' });
+  return { jkt: key.jkt, token, proof: (htu, method) => key.proof(htu, token, method) };
 }
 
 function gatewayConfig(dpop: Record<string, unknown>) {
