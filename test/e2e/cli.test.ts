@@ -268,7 +268,8 @@ describe('the demo (npm start) and dev tokens (npm run token)', () => {
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
     }
-  });
+    // Two Node processes start here (the demo and `token`): seconds each on a busy 2-core machine.
+  }, 30_000);
 
   it('token refuses to run without --sub', () => {
     expect(ztgw(['token']).status).toBe(2);
