@@ -5,13 +5,14 @@
 import type { Logger } from 'pino';
 import type { ZtError } from '../pipeline/errors.ts';
 import type { Decision, GatewayMetrics } from './metrics.ts';
+import { loggedPath } from './log-path.ts';
 
 /** What one answered request contributes to the access log and the request metrics. */
 export interface AccessRecord {
   readonly reqId: string;
   /** undefined when the parser refused the request before its method was known. */
   readonly method: string | undefined;
-  /** Normalised path, or the raw target: the query is cut off here, whatever the caller passes. */
+  /** Normalised path, or the raw target: cut by loggedPath here, whatever the caller passes. */
   readonly path: string | undefined;
   /** Route name; undefined when none was matched. */
   readonly route: string | undefined;
@@ -27,22 +28,6 @@ export interface AccessRecord {
 }
 
 export type AccessRecorder = (record: AccessRecord) => void;
-
-// A refused target can be as long as the head allows (16 KB by default); the log needs the
-// start of it, not all of it.
-const MAX_LOGGED_PATH = 1024;
-
-/**
- * The path as logged: never the query string, which carries tokens, codes and personal data
- * in practice (OAuth `code=`, signed-URL signatures, `email=`), and never more than
- * MAX_LOGGED_PATH characters.
- */
-export function loggedPath(target: string | undefined): string | undefined {
-  if (target === undefined) return undefined;
-  const q = target.indexOf('?');
-  const path = q === -1 ? target : target.slice(0, q);
-  return path.length > MAX_LOGGED_PATH ? path.slice(0, MAX_LOGGED_PATH) : path;
-}
 
 function decisionOf(status: number, error: ZtError | undefined, routed: boolean): Decision {
   if (error === undefined) return status >= 500 && !routed ? 'error' : 'allow';

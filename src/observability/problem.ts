@@ -122,10 +122,11 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
   },
   [CertificateMismatchError.code]: {
     slug: 'certificate-mismatch',
-    title: 'Client certificate does not match the token',
-    detail: 'The access token is bound to a different client certificate than the one presented.',
+    // One answer for "no certificate" and "another certificate": the token names the one it needs.
+    title: 'Client certificate required by the token',
+    detail: 'The access token is bound to a client certificate that was not presented on this connection. Connect with that device certificate.',
     headers: {
-      'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The token is bound to another certificate"`,
+      'www-authenticate': `Bearer realm="${REALM}", error="invalid_token", error_description="The token is bound to a client certificate not presented"`,
     },
   },
   [UntrustedCertificateError.code]: {

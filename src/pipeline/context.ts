@@ -77,6 +77,8 @@ export interface RequestContext {
   readonly localAddress: string;
   readonly localPort: number;
   readonly isUpgrade: boolean;
+  /** As the request line said it: "1.1", "1.0" (Node's parser also lets "2.0" through). */
+  readonly httpVersion: string;
 
   // hygiene
   /** Normalised path: dot segments resolved, duplicate slashes merged, unreserved chars decoded. */
@@ -185,6 +187,7 @@ export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean)
     localAddress: raw.socket.localAddress ?? '',
     localPort: raw.socket.localPort ?? 0,
     isUpgrade,
+    httpVersion: raw.httpVersion,
     path: '',
     rawPath: '',
     query: '',

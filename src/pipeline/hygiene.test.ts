@@ -164,6 +164,7 @@ type Over = {
   tls?: boolean;
   localAddress?: string;
   localPort?: number;
+  httpVersion?: string;
 };
 
 function makeCtx(over: Over = {}): RequestContext {
@@ -180,6 +181,7 @@ function makeCtx(over: Over = {}): RequestContext {
     localAddress: over.localAddress ?? '10.9.9.9',
     localPort: over.localPort ?? 443,
     isUpgrade: false,
+    httpVersion: over.httpVersion ?? '1.1',
     path: '',
     rawPath: '',
     query: '',
@@ -435,5 +437,14 @@ describe('hygiene stage: framing', () => {
 
   it('accepts Transfer-Encoding alone', () => {
     expect(() => withBody({ 'transfer-encoding': 'chunked' })).not.toThrow();
+  });
+
+  it('rejects Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1), accepts 1.0 without it', () => {
+    expect(() => run({ httpVersion: '1.0', headers: { host: 'h', 'transfer-encoding': 'chunked' } })).toThrow(BadRequestError);
+    expect(() => run({ httpVersion: '1.0', headers: { host: 'h' } })).not.toThrow();
+  });
+
+  it.each(['2.0', '0.9', '1.2'])('rejects HTTP/%s request lines (Node reads "HTTP/2.0" as 1.x)', (httpVersion) => {
+    expect(() => run({ httpVersion, headers: { host: 'h' } })).toThrow(BadRequestError);
   });
 });

@@ -73,19 +73,21 @@ function decodeEscapes(raw: string): string {
     const lo = hex(raw.charCodeAt(i + 2));
     if (hi < 0 || lo < 0) throw badPath(); // `%zz`, `%4`, `%u002e`: each parser guesses differently
     const b = hi * 16 + lo;
-    if (b === PERCENT) {
-      const hi2 = hex(raw.charCodeAt(i + 3));
-      const lo2 = hex(raw.charCodeAt(i + 4));
-      if (hi2 >= 0 && lo2 >= 0 && isStructural(hi2 * 16 + lo2)) throw badPath();
-    } else if (isStructural(b)) {
-      throw badPath();
-    }
+    if (b !== PERCENT && isStructural(b)) throw badPath();
     if (b >= 0x80) nonAscii = true;
     out += raw.slice(from, i) + (isUnreserved(b) ? String.fromCharCode(b) : raw.slice(i, i + 3).toUpperCase());
     i += 3;
     from = i;
   }
   out += raw.slice(from);
+  // Escaped twice, checked on what this decoding produced rather than on the raw text: the
+  // `%2e` of `%252e` may itself be spelt with escapes (`%25%32%65` decodes to `%252e`).
+  for (let i = out.indexOf('%25'); i !== -1; i = out.indexOf('%25', i + 3)) {
+    const hi = hex(out.charCodeAt(i + 3));
+    const lo = hex(out.charCodeAt(i + 4));
+    // ';' too: `..%253b` is `..;`, a dot segment to a servlet container, after two decodings.
+    if (hi >= 0 && lo >= 0 && (isStructural(hi * 16 + lo) || hi * 16 + lo === SEMICOLON)) throw badPath();
+  }
   if (nonAscii) {
     try {
       decodeURIComponent(out); // ECMAScript's decoder refuses overlong forms, surrogates and stray bytes
@@ -331,7 +333,13 @@ function parseHost(value: string | undefined): { host: string; port: string | un
  * of these; this check is two header reads and is kept so the guarantee does not depend on
  * the listener. A chunked body has no length up front: bounding it while streaming is not this stage's job.
  */
-function checkFraming(headers: IncomingHttpHeaders, maxBodyBytes: number): void {
+function checkFraming(headers: IncomingHttpHeaders, httpVersion: string, maxBodyBytes: number): void {
+  // Only HTTP/1.1 and 1.0 are spoken here; Node's parser reads "HTTP/2.0" as a 1.x request
+  // line, which an upstream or a logging hop may read otherwise.
+  if (httpVersion !== '1.1' && httpVersion !== '1.0') throw new BadRequestError('unsupported HTTP version');
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (1.0 has no
+  // chunked coding; a 1.0 hop would read the body differently).
+  if (httpVersion === '1.0' && headers['transfer-encoding'] !== undefined) throw new BadRequestError('Transfer-Encoding in HTTP/1.0');
   const cl = headers['content-length'];
   if (cl === undefined) return;
   if (headers['transfer-encoding'] !== undefined) throw new BadRequestError('ambiguous message framing');
@@ -373,7 +381,7 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
   let lastOrigin: string | undefined;
   return (ctx: RequestContext): void => {
     const { headers, peerIp } = ctx;
-    checkFraming(headers, maxBodyBytes);
+    checkFraming(headers, ctx.httpVersion, maxBodyBytes);
     // Envoy's headers_with_underscores_action: REJECT_REQUEST. In 'drop' mode the deny list
     // keeps such names from the policy and the upstream (header-deny-list.ts).
     if (rejectUnderscores) {

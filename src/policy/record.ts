@@ -12,6 +12,7 @@ import type { Decision } from './evaluate.ts';
 import type { PolicyInput } from './input.ts';
 import type { Effect } from './schema.ts';
 import { DEFAULT_RECORD_LIMITS, type RecordLimits } from './record-limits.ts';
+import { loggedPath } from '../observability/log-path.ts';
 
 export interface DecisionRecord {
   readonly log: 'decision';
@@ -101,6 +102,14 @@ function cut(value: string, max: number, field: string, truncated: string[]): st
   return `${value.slice(0, max)}…`;
 }
 
+/** `;jsessionid=…`: a session id in the path is a credential (observability/log-path.ts). */
+function withoutParameterValues(path: string, truncated: string[]): string {
+  if (!path.includes(';')) return path;
+  const shown = loggedPath(path)!;
+  if (!truncated.includes('request.path')) truncated.push('request.path');
+  return shown;
+}
+
 /** The input as a decision line may carry it: allow-listed headers, bounded strings and claims. */
 function bounded(input: PolicyInput, limits: RecordLimits, truncated: string[]): PolicyInput {
   const { request, identity } = input;
@@ -124,7 +133,7 @@ function bounded(input: PolicyInput, limits: RecordLimits, truncated: string[]):
     request: {
       ...request,
       host: cut(request.host, max, 'request.host', truncated),
-      path: cut(request.path, 4 * max, 'request.path', truncated),
+      path: cut(withoutParameterValues(request.path, truncated), 4 * max, 'request.path', truncated),
       headers,
     },
     identity: {

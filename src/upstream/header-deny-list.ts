@@ -31,6 +31,17 @@ export const DENY_GROUPS: readonly DenyGroup[] = [
     source: 'reverse-proxy auth (Apache, Grafana, Authelia, Authentik, Gitea, Jenkins, Traefik)',
     names: ['remote-user', 'remote-groups', 'remote-email', 'remote-name', 'x-remote-user', 'x-remote-group', 'x-authenticated-user', 'x-authenticated-userid', 'x-authenticated-groups', 'x-webauth-user', 'x-webauth-groups', 'x-webauth-email', 'x-webauth-name', 'x-forwarded-auth-user', 'x-auth-user', 'x-auth-email', 'x-credential-username', 'x-consumer-username', 'x-consumer-id', 'x-consumer-custom-id', 'x-anonymous-consumer'],
   },
+  // Identity-aware proxies and auth front-ends: Authentik's proxy outpost (X-Authentik-Username,
+  // -Groups, -Email, -Jwt…), Vouch Proxy (X-Vouch-User, X-Vouch-IdP-Claims-*), Azure App Service
+  // Easy Auth (X-MS-CLIENT-PRINCIPAL, -NAME, -ID, -IDP, and X-MS-TOKEN-<provider>-ACCESS-TOKEN…),
+  // Tailscale Serve (Tailscale-User-Login, -Name, -Profile-Pic), the legacy oauth2_proxy
+  // (Gap-Auth, Gap-Upstream-Address), Kubernetes front-proxy extras (X-Remote-Extra-*), and the
+  // token headers Kong's and nginx's OIDC plugins pass on (X-Id-Token, X-Access-Token, X-Userinfo).
+  {
+    source: 'identity-aware proxies (Authentik, Vouch, Azure Easy Auth, Tailscale, oauth2_proxy, Kong/nginx OIDC)',
+    names: ['gap-auth', 'gap-upstream-address', 'x-id-token', 'x-access-token', 'x-userinfo', 'x-credential-identifier'],
+    prefixes: ['x-authentik-', 'x-vouch-', 'x-ms-client-principal', 'x-ms-token-', 'tailscale-', 'x-remote-extra-'],
+  },
   // Cloudflare Access: Cf-Access-Jwt-Assertion, Cf-Access-Authenticated-User-Email, and the rest.
   { source: 'Cloudflare Access', prefixes: ['cf-access-'] },
   // Google Cloud IAP: x-goog-authenticated-user-{id,email}, x-goog-iap-jwt-assertion.
@@ -45,7 +56,7 @@ export const DENY_GROUPS: readonly DenyGroup[] = [
   // conventionally as X-SSL-Client-*), HAProxy, F5, Traefik passTLSClientCert, AWS ALB mTLS.
   {
     source: 'TLS terminators (Envoy, nginx, HAProxy, F5, Traefik, AWS ALB)',
-    names: ['x-forwarded-client-cert', 'x-client-cert', 'x-client-verify', 'x-client-dn', 'x-ssl-cert', 'x-forwarded-tls-client-cert', 'x-forwarded-tls-client-cert-info', 'client-cert', 'client-cert-chain'],
+    names: ['x-forwarded-client-cert', 'x-client-cert', 'x-client-certificate', 'x-tls-client-cert', 'x-client-verify', 'x-client-dn', 'x-ssl-cert', 'x-forwarded-tls-client-cert', 'x-forwarded-tls-client-cert-info', 'client-cert', 'client-cert-chain'],
     prefixes: ['x-ssl-client-', 'ssl-client-', 'x-amzn-mtls-', 'x-arr-clientcert'],
   },
   // The client's address as a CDN or load balancer reports it: Akamai/Cloudflare True-Client-IP,
@@ -53,7 +64,9 @@ export const DENY_GROUPS: readonly DenyGroup[] = [
   // Microsoft X-Originating-IP, and the usual variants frameworks read.
   {
     source: 'CDNs and load balancers (client address)',
-    names: ['true-client-ip', 'cf-connecting-ip', 'cf-connecting-ipv6', 'cf-pseudo-ipv4', 'x-client-ip', 'x-real-ip', 'x-cluster-client-ip', 'fastly-client-ip', 'x-originating-ip', 'x-remote-ip', 'x-remote-addr', 'client-ip'],
+    // X-Original-Forwarded-For is ingress-nginx's copy of the client's X-Forwarded-For;
+    // Forwarded-For and X-ProxyUser-Ip are read by common client-IP libraries (request-ip).
+    names: ['true-client-ip', 'x-original-forwarded-for', 'forwarded-for', 'x-proxyuser-ip', 'cf-connecting-ip', 'cf-connecting-ipv6', 'cf-pseudo-ipv4', 'x-client-ip', 'x-real-ip', 'x-cluster-client-ip', 'fastly-client-ip', 'x-originating-ip', 'x-remote-ip', 'x-remote-addr', 'client-ip'],
   },
   // The URL as the client supposedly asked for it: IIS/ARR and Symfony (X-Original-URL,
   // X-Rewrite-URL), nginx auth_request (X-Original-URI), Traefik (X-Forwarded-Uri), Envoy

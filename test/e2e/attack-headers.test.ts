@@ -151,6 +151,19 @@ describe('the deny list', () => {
     });
   }
 
+  it('strips what other identity-aware proxies, ingresses and IP libraries set (found in a black-box run)', async () => {
+    const lines = [
+      'X-Authentik-Username: root', 'X-Authentik-Groups: admins', 'X-Authentik-Jwt: a.b.c', 'X-Remote-Extra-Scopes: all',
+      'X-MS-CLIENT-PRINCIPAL: eyJ9', 'X-MS-CLIENT-PRINCIPAL-NAME: root', 'X-MS-TOKEN-AAD-ACCESS-TOKEN: t', 'Tailscale-User-Login: root@x',
+      'X-Vouch-User: root', 'Gap-Auth: root', 'X-Id-Token: a.b.c', 'X-Access-Token: t', 'X-Original-Forwarded-For: 10.0.0.1',
+      'X-ProxyUser-Ip: 10.0.0.1', 'Forwarded-For: 10.0.0.1', 'X-Tls-Client-Cert: MII', 'X-Client-Certificate: MII',
+    ];
+    const res = await send('/echo/x', lines);
+    expect(res.status, res.body).toBe(200);
+    const seen = echo.requests[0]!.headers;
+    for (const line of lines) expect(seen[line.slice(0, line.indexOf(':')).toLowerCase()], line).toBeUndefined();
+  });
+
   it('strips server.stripHeaders and the assertion header the client sent, and sends its own assertion', async () => {
     await send('/echo/x', ['X-Employee-Id: 1', 'X-ZT-Assertion: forged.jwt.here', 'x-zt-assertion: forged2']);
     const seen = echo.requests[0]!.headers;

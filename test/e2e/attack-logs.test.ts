@@ -103,6 +103,19 @@ describe('decision log', () => {
     expect(decisionLines('bystander')).toHaveLength(1);
   });
 
+  it('keeps path-parameter values, fragments and queries out of access and decision lines', async () => {
+    const denied = await rawRequest(gw.url, '/closed/x;jsessionid=SECRETJ/y;v=SECRETV?code=SECRETQ', { headers: { authorization: `Bearer ${tokens.leaky}` } });
+    expect(denied.status).toBe(403);
+    const refused = await rawRequest(gw.url, '/closed/x#SECRETK', { headers: { authorization: `Bearer ${tokens.leaky}` } });
+    expect(refused.status).toBe(400);
+    const ids = [denied.headers['x-request-id'], refused.headers['x-request-id']];
+    const lines = gw.logs.filter((l) => ids.includes(l.reqId));
+    expect(lines.map((l) => l.msg).sort()).toEqual(['access', 'access', 'decision']);
+    expect(JSON.stringify(lines)).not.toMatch(/SECRET/);
+    expect(lines.find((l) => l.msg === 'access' && l.status === 403)!.path).toBe('/closed/x;…/y;…');
+    expect(lines.find((l) => l.msg === 'decision')!.truncated).toContain('request.path');
+  });
+
   it('refuses a config that would record a credential header', () => {
     const text = stringify(config({ headers: ['user-agent', 'X-Api-Key'] }));
     expect(() => parseConfig(text, join(dir, 'gw.yaml'), {})).toThrow(/X-Api-Key.*credential/);

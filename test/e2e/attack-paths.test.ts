@@ -88,6 +88,14 @@ describe('dot segments, by every spelling', () => {
     '/public/..%252Fadmin',
     '/public/..%255cadmin',
     '/public/..%255Cadmin',
+    // escaped twice where the inner escape is itself spelt with escapes: %25%32%65 decodes to %252e
+    '/public/%25%32%65%25%32%65/admin/x',
+    '/public/%25%32%45%25%32%45/admin/x',
+    '/public/..%25%32%66..%25%32%66admin',
+    '/public/..%25%35%63admin',
+    '/public/..%25%33%42/admin',
+    '/public/..%253b/admin',
+    '/public/%25%32%35%32%65/x',
     '/public/..%2fadmin/x',
     '/public/..%2Fadmin/x',
     '/public/..%5cadmin',
@@ -189,7 +197,7 @@ describe('path parameters that would change the route', () => {
 });
 
 describe('no path gives a 5xx', () => {
-  const atoms = ['/', '//', '.', '..', '...', ';', ';x', '%2e', '%2E', '%2f', '%25', '%252e', '%252F', '%255c', '%c0%ae', '%C3%A9', '%e2%80', '%u002e', '%3b', '%3B', '%20', '%00', '%0a', '%ff', 'a', 'Z', '~', '_', '-', '\\', '{', '}', '|', '"', '<', '>', '^', '`', '[', ']', '%41', '*', ':', '@', '!', "'", '$', '&', '+', ',', '=', '%', '%g', '?', '#', '?a=/../b', 'x..', '..x', '.well-known', '\u00e9', '\u2025', '\u00ad'];
+  const atoms = ['/', '//', '.', '..', '...', ';', ';x', '%2e', '%2E', '%2f', '%25', '%252e', '%252F', '%255c', '%c0%ae', '%C3%A9', '%e2%80', '%u002e', '%3b', '%3B', '%20', '%00', '%0a', '%ff', 'a', 'Z', '~', '_', '-', '\\', '{', '}', '|', '"', '<', '>', '^', '`', '[', ']', '%41', '%32', '%65', '%66', '%35', '%63', '%33', '%42', '*', ':', '@', '!', "'", '$', '&', '+', ',', '=', '%', '%g', '?', '#', '?a=/../b', 'x..', '..x', '.well-known', '\u00e9', '\u2025', '\u00ad'];
   const prefixes = ['/public', '/public/', '/echo/', '/strip/', '/admin', '/', '', '*', 'http://x/public/', '//'];
   let seed = 4242;
   const rand = (n: number) => {
