@@ -12,13 +12,13 @@ import type http from 'node:http';
 import type https from 'node:https';
 import { resolve } from 'node:path';
 import { newContext, requestIdFor, type RequestContext } from './pipeline/context.ts';
-import { BadPathError, BadRequestError, PayloadTooLargeError, RouteNotFoundError, ShuttingDownError, ZtError } from './pipeline/errors.ts';
+import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, ShuttingDownError, ZtError } from './pipeline/errors.ts';
 import { runPipeline } from './pipeline/run.ts';
 import { toProblem } from './observability/problem.ts';
 import type { GatewayMetrics } from './observability/metrics.ts';
 import { createAccessRecorder } from './observability/access-log.ts';
 import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID } from './observability/client-error.ts';
-import { forward } from './upstream/proxy.ts';
+import { CLIENT_GONE, createUpstreamDispatcher, forward } from './upstream/proxy.ts';
 import { attachUpgradeHandling, isWebSocketUpgrade } from './upstream/websocket.ts';
 
 
@@ -53,6 +53,8 @@ interface RequestState {
   ctx: RequestContext;
   upstreamStartedAt: number;
   error: ZtError | undefined;
+  /** The client closed its connection before its answer was complete; its access line is written. */
+  clientGone: boolean;
 }
 
 declare module 'fastify' {
@@ -82,12 +84,33 @@ class BodyLimit extends Transform {
 const DECLINED_UPGRADE = Symbol('ztgw.declinedUpgrade');
 /** On a response: the client sent Expect: 100-continue and waits for the invitation to send its body. */
 const EXPECTS_CONTINUE = Symbol('ztgw.expectsContinue');
-type Marked<T> = T & { [DECLINED_UPGRADE]?: http.IncomingMessage; [EXPECTS_CONTINUE]?: boolean; [CLIENT_ERROR]?: ZtError };
+/** On a response: the refusal it carries, for its access line (the pipeline's, notFound's, the error handler's). */
+const REFUSAL = Symbol('ztgw.refusal');
+type Marked<T> = T & { [DECLINED_UPGRADE]?: http.IncomingMessage; [EXPECTS_CONTINUE]?: boolean; [CLIENT_ERROR]?: ZtError; [REFUSAL]?: ZtError };
+
+/**
+ * A request that carries Upgrade but is not relayed as a WebSocket is served as plain HTTP
+ * (RFC 9110 §7.8 lets a server ignore Upgrade), and its connection ends with this answer: the
+ * client may already be sending another protocol (h2c's preface, TLS) behind it, and a
+ * request pipelined behind it is refused in handle(), never forwarded. llhttp flags an upgrade
+ * only with Connection: upgrade too (shouldUpgradeCallback below); `Upgrade: h2c` alone, or
+ * with the Connection token hidden, arrives here as an ordinary request.
+ */
+function declineUpgrade(raw: http.IncomingMessage, res: http.ServerResponse): http.IncomingMessage {
+  res.shouldKeepAlive = false;
+  const socket = raw.socket as Marked<typeof raw.socket>;
+  return (socket[DECLINED_UPGRADE] ??= raw);
+}
 
 function sendProblem(reply: FastifyReply, requestId: string, err: unknown): FastifyReply {
-  const problem = toProblem(err, requestId);
+  const zt = err instanceof ZtError ? err : new InternalError('unexpected error', { cause: err });
+  const problem = toProblem(zt, requestId);
+  const raw = reply.raw as Marked<http.ServerResponse>;
+  // Every refusal is logged and counted as one, whichever handler wrote it (never as "allow").
+  raw[REFUSAL] = zt;
   // A client still waiting for 100 Continue never sent its body: the connection cannot be reused.
-  if ((reply.raw as Marked<http.ServerResponse>)[EXPECTS_CONTINUE] === true) reply.raw.shouldKeepAlive = false;
+  if (raw[EXPECTS_CONTINUE] === true) raw.shouldKeepAlive = false;
+  if (reply.request.headers.upgrade !== undefined) declineUpgrade(reply.request.raw, raw);
   return reply.code(problem.status).headers(problem.headers).header('x-request-id', requestId).send(problem.body);
 }
 
@@ -110,7 +133,7 @@ function listenerOptions(server: ServerConfig): http.ServerOptions {
     // so nothing the client sends after it is read as another protocol or another request.
     shouldUpgradeCallback: (req: http.IncomingMessage) => {
       if (isWebSocketUpgrade(req)) return true;
-      (req.socket as Marked<typeof req.socket>)[DECLINED_UPGRADE] = req;
+      (req.socket as Marked<typeof req.socket>)[DECLINED_UPGRADE] ??= req;
       return false;
     },
   };
@@ -164,13 +187,24 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   });
   app.decorateRequest('zt', null);
   app.server.maxHeadersCount = MAX_HEADER_FIELDS;
-  app.register(replyFrom, { disableRequestLogging: true, undici: { connections: 128, keepAliveTimeout: 30_000 } });
+  const upstreams = createUpstreamDispatcher();
+  app.register(replyFrom, { disableRequestLogging: true, undici: upstreams as never });
+  app.addHook('onClose', async () => upstreams.destroy());
 
   // Bodies are never parsed: they stream to the upstream as they arrive.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, payload, done) => {
     if (request.headers['content-length'] !== undefined) return done(null, payload);
-    done(null, payload.pipe(new BodyLimit(holder.current.config.server.limits.maxBodyBytes)));
+    const limiter = new BodyLimit(holder.current.config.server.limits.maxBodyBytes);
+    // pipe() carries data, not failure: a client that leaves mid-body must fail the limiter too,
+    // so undici sees its body fail and aborts the upstream request instead of waiting, with an
+    // upstream connection held, for the rest of a body that never comes. Only this way round
+    // (not pipeline()): the limiter's own 413 must not destroy the client's socket before the
+    // 413 is written.
+    payload.once('close', () => {
+      if (!payload.readableEnded) limiter.destroy(new ClientClosedRequestError('client closed mid-body'));
+    });
+    done(null, payload.pipe(limiter));
   });
 
   const hooks = {
@@ -179,6 +213,11 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       if (state) metrics.upstreamDuration.series(ctx.route!.name).observe((performance.now() - state.upstreamStartedAt) / 1000);
     },
     onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply) {
+      // The client left, and its leaving aborted the upstream request (or broke the body it
+      // was streaming): not the upstream's failure, and nobody to answer. Its access line is
+      // written by the close listener in handle(). Likewise when the parser already answered
+      // (a body timeout's 408 cut the body off): that answer stands, and is the request's line.
+      if (reply.request.zt?.clientGone === true || reply.raw.destroyed || reply.raw.headersSent) return;
       // A body that overran the limit mid-stream surfaces as an upstream failure; say what it was.
       const cause = (error.cause as { cause?: unknown } | undefined)?.cause;
       const final = cause instanceof PayloadTooLargeError ? cause : error;
@@ -195,15 +234,36 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   function handle(request: FastifyRequest, reply: FastifyReply): void {
     const runtime = holder.current;
     const ctx = newContext(request.raw, request.id, false);
-    const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined };
+    const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined, clientGone: false };
     request.zt = state;
+    const raw = reply.raw as Marked<FastifyReply['raw']>;
     const refuse = (err: unknown): void => {
+      if (state.clientGone) return;
       state.error = err instanceof ZtError ? err : undefined;
       if (!(err instanceof ZtError)) logger.error({ reqId: ctx.id, err }, 'pipeline failed');
       sendProblem(reply, ctx.id, err);
     };
-    const raw = reply.raw as Marked<FastifyReply['raw']>;
-    const declined = (request.raw.socket as Marked<typeof request.raw.socket>)[DECLINED_UPGRADE];
+    // A client that closes its connection before its answer is complete (mid-body, while the
+    // pipeline or the upstream works, mid-response) gets one access line with 499, as nginx
+    // logs it, and the upstream request is aborted at once (upstream/proxy.ts CLIENT_GONE).
+    raw.once('close', () => {
+      if (raw.writableFinished || state.clientGone) return;
+      state.clientGone = true;
+      raw.emit(CLIENT_GONE);
+      record({
+        reqId: ctx.id,
+        method: request.method,
+        path: ctx.path || request.raw.url,
+        route: ctx.route?.name,
+        status: 499,
+        ms: reply.elapsedTime,
+        error: new ClientClosedRequestError('client closed the connection before the answer was complete'),
+        sub: ctx.identity?.subject,
+        client: ctx.clientIp || request.socket.remoteAddress,
+      });
+    });
+    const declined =
+      request.headers.upgrade === undefined ? (request.raw.socket as Marked<typeof request.raw.socket>)[DECLINED_UPGRADE] : declineUpgrade(request.raw, raw);
     if (declined !== undefined) {
       // After an ignored Upgrade the connection ends with this answer. A request the client
       // pipelined behind it is refused unseen by any upstream: it was sent to a connection the
@@ -213,8 +273,9 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     }
     const proceed = (): void => {
       // The parser refused the rest of this request (a broken chunk, a body timeout) while the
-      // pipeline ran: that refusal is the answer, and nothing is forwarded.
-      if (raw[CLIENT_ERROR] !== undefined) return;
+      // pipeline ran: that refusal is the answer, and nothing is forwarded. Nor is anything
+      // forwarded for a client that already left.
+      if (raw[CLIENT_ERROR] !== undefined || state.clientGone) return;
       state.upstreamStartedAt = performance.now();
       // RFC 9110 §10.1.1: the client is invited to send its body only now, after authn,
       // device and policy passed; a refused request never had its body read.
@@ -244,7 +305,9 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     reply.header('cache-control', 'public, max-age=300').send(holder.current.assertions.jwks),
   );
   app.route({ method: ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'], url: '*', handler: handle });
-  app.setNotFoundHandler((request, reply) => sendProblem(reply, request.id, new RouteNotFoundError('method not routed')));
+  // Every path of the methods above reaches handle(); only another method gets here (TRACE,
+  // PROPFIND, PURGE, …): 405 with Allow (RFC 9110 §15.5.6), never forwarded.
+  app.setNotFoundHandler((request, reply) => sendProblem(reply, request.id, new MethodNotAllowedError(`method ${request.method} not routed`)));
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const mapped =
       err instanceof ZtError
@@ -261,7 +324,9 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
 
   app.addHook('onResponse', (request, reply, done) => {
     const state = request.zt;
+    if (state?.clientGone === true) return done(); // logged as 499 when the client left
     const ctx = state?.ctx;
+    const raw = reply.raw as Marked<FastifyReply['raw']>;
     record({
       reqId: request.id,
       method: request.method,
@@ -269,7 +334,7 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       route: ctx?.route?.name,
       status: reply.statusCode,
       ms: reply.elapsedTime,
-      error: state?.error ?? (reply.raw as Marked<FastifyReply['raw']>)[CLIENT_ERROR],
+      error: state?.error ?? raw[CLIENT_ERROR] ?? raw[REFUSAL],
       sub: ctx?.identity?.subject,
       client: ctx?.clientIp || request.socket.remoteAddress,
     });

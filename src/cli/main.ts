@@ -8,7 +8,7 @@ import { startGateway, type Gateway } from '../gateway.ts';
 import { startEchoServer } from '../dev/echo.ts';
 import { loadOrCreateDevIssuer } from '../dev/issuer.ts';
 import { DEVICE_USAGE, runDeviceCommand } from './device.ts';
-import { runPolicyCommand } from './policy.ts';
+import { POLICY_USAGE, runPolicyCommand } from './policy.ts';
 import { lowerPoolPriority, poolNice } from './thread-pool.ts';
 import { openRegistry } from '../services.ts';
 
@@ -31,13 +31,31 @@ const USAGE = `usage: ztgw <command> [options]
 
 class UsageError extends Error {}
 
+/** node:util parseArgs refusals (unknown option, missing value, stray positional): bad input, exit 2. */
+function isParseArgsError(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
+}
+
+/**
+ * `--help` or `-h` anywhere before `--`: every command prints its usage and exits 0, before
+ * it parses or checks anything else (a required --config must not hide the help).
+ */
+function asksHelp(args: readonly string[]): boolean {
+  for (const a of args) {
+    if (a === '--') return false;
+    if (a === '--help' || a === '-h') return true;
+  }
+  return false;
+}
+
 export function fail(err: unknown): never {
   if (err instanceof ConfigError) {
     for (const issue of err.issues) process.stderr.write(`${formatIssue(issue)}\n`);
     process.exit(2);
   }
-  if (err instanceof UsageError) {
-    process.stderr.write(`ztgw: ${err.message}\n\n${USAGE}`);
+  if (err instanceof UsageError || isParseArgsError(err)) {
+    process.stderr.write(`ztgw: ${(err as Error).message}\n\n${USAGE}`);
     process.exit(2);
   }
   process.stderr.write(`ztgw: ${(err as Error).stack ?? String(err)}\n`);
@@ -45,7 +63,7 @@ export function fail(err: unknown): never {
 }
 
 function configFlag(args: string[]): string {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } } });
+  const { values } = parseArgs({ args, strict: true, allowPositionals: false, options: { config: { type: 'string', short: 'c' } } });
   if (values.config === undefined) throw new UsageError('--config FILE is required');
   return resolve(values.config);
 }
@@ -86,7 +104,8 @@ async function serve(args: string[]): Promise<void> {
   superviseGateway(await startGateway({ source: { file } }));
 }
 
-async function demo(): Promise<void> {
+async function demo(args: string[]): Promise<void> {
+  parseArgs({ args, strict: true, allowPositionals: false, options: {} }); // it takes none: a typo is an error, not ignored
   await loadOrCreateDevIssuer(DEV_ISSUER_DIR);
   const echoPort = Number(process.env.ZTGW_ECHO_PORT ?? '8081');
   const echo = await startEchoServer({ host: '127.0.0.1', port: echoPort });
@@ -108,7 +127,7 @@ function takeConfig(args: string[]): { file: string; rest: string[] } {
 }
 
 async function device(args: string[]): Promise<void> {
-  if (args[0] === 'help' || args[0] === '--help') return void process.stdout.write(DEVICE_USAGE);
+  if (args[0] === 'help' || asksHelp(args)) return void process.stdout.write(DEVICE_USAGE);
   const { file, rest } = takeConfig(args);
   const { config, dir } = loadConfigFile(file);
   const registry = await openRegistry(config, dir);
@@ -123,6 +142,8 @@ async function device(args: string[]): Promise<void> {
 async function token(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
+    strict: true,
+    allowPositionals: false,
     options: {
       sub: { type: 'string' },
       groups: { type: 'string', default: '' },
@@ -141,18 +162,23 @@ async function token(args: string[]): Promise<void> {
 
 export async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;
+  if (command !== undefined && command !== 'device' && command !== 'policy' && asksHelp(args)) {
+    process.stdout.write(USAGE);
+    return;
+  }
   switch (command) {
     case 'serve':
       return serve(args);
     case 'validate':
       return validate(args);
     case 'demo':
-      return demo();
+      return demo(args);
     case 'token':
       return token(args);
     case 'device':
       return device(args);
     case 'policy':
+      if (asksHelp(args)) return void process.stdout.write(POLICY_USAGE);
       process.exitCode = await runPolicyCommand(args, process.stdout, process.stderr);
       return;
     case undefined:

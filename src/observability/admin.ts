@@ -42,8 +42,17 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
     loggerInstance: logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
+    // Node answers an HTTP/1.1 request without Host with a bare 400 of its own; the hook below
+    // refuses it with a problem document like every other admin refusal.
+    http: { requireHostHeader: false },
     frameworkErrors: (err, _request, reply) => sendProblem(reply, new BadPathError('router rejected url', { cause: err })),
     clientErrorHandler: createClientErrorHandler({ onError: (err, reqId) => logger.debug({ reqId, err }, 'client error') }),
+  });
+  // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks Host.
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.headers.host === undefined && request.raw.httpVersionMajor === 1 && request.raw.httpVersionMinor >= 1) {
+      return sendProblem(reply, new BadRequestError('missing Host'));
+    }
   });
   app.setNotFoundHandler((_request, reply) => sendProblem(reply, new RouteNotFoundError('no admin endpoint')));
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {

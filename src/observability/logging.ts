@@ -29,16 +29,43 @@ export interface Loggers {
   readonly decisions: Logger;
 }
 
+/**
+ * How often buffered lines are written out whatever their amount. minLength holds lines until
+ * 4 KB have gathered, which on a quiet gateway is forever: a single deny stayed unwritten for
+ * minutes, and a crash (SIGKILL, OOM) would have lost it. A second bounds both.
+ */
+export const FLUSH_INTERVAL_MS = 1_000;
+
+type Flushable = DestinationStream & { flush?: (cb?: (err?: Error | null) => void) => void; destroyed?: boolean };
+
+function flushEvery(destinations: readonly Flushable[], ms: number): void {
+  const timer = setInterval(() => {
+    if (destinations.every((d) => d.destroyed === true)) return clearInterval(timer);
+    for (const d of destinations) {
+      if (d.destroyed === true || typeof d.flush !== 'function') continue;
+      // A flush while a write is in flight waits for it; an error surfaces on the stream itself.
+      try {
+        d.flush(() => {});
+      } catch {
+        // sonic-boom throws while it is still opening its file; the next tick flushes.
+      }
+    }
+  }, ms);
+  timer.unref(); // never keeps the process alive; SIGTERM's close flushes the rest
+}
+
 export function createLoggers(level: string, destination?: DestinationStream, decisionFile?: string): Loggers {
   // Default: stdout through an asynchronous, buffered sonic-boom (pino flushes it on exit);
   // a synchronous write per access line cost ~8% of throughput in the benchmark.
-  const out = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const out: Flushable = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const decisionsOut: Flushable = decisionFile === undefined ? out : pino.destination({ dest: decisionFile, sync: false, minLength: 4096, mkdir: true });
+  flushEvery(decisionsOut === out ? [out] : [out, decisionsOut], FLUSH_INTERVAL_MS);
   // pino's default epoch-millisecond `time`: formatting ISO dates costs on every access line.
   const base = { level, base: { svc: 'ztgw' } };
   return {
     logger: pino({ ...base, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } }, out),
     access: pino({ ...base, base: { svc: 'ztgw', log: 'access' } }, out),
     // Each record carries log: 'decision' itself. A file of its own suits replay (`ztgw policy replay --log`).
-    decisions: pino(base, decisionFile === undefined ? out : pino.destination({ dest: decisionFile, sync: false, minLength: 4096, mkdir: true })),
+    decisions: pino(base, decisionsOut),
   };
 }

@@ -24,6 +24,8 @@ import {
   RequestTimeoutError,
   HeadersTooLargeError,
   RouteNotFoundError,
+  MethodNotAllowedError,
+  ClientClosedRequestError,
   MisdirectedRequestError,
   ShuttingDownError,
   UpstreamTimeoutError,
@@ -62,6 +64,12 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     title: 'Not found',
     detail: 'No route is configured for this host and path.',
   },
+  [MethodNotAllowedError.code]: {
+    slug: 'method-not-allowed',
+    title: 'Method not allowed',
+    detail: 'This gateway does not forward requests with this method; the Allow header lists the ones it does.',
+    headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' },
+  },
   [PayloadTooLargeError.code]: {
     slug: 'payload-too-large',
     title: 'Payload too large',
@@ -70,7 +78,8 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
   [RequestTimeoutError.code]: {
     slug: 'request-timeout',
     title: 'Request timeout',
-    detail: 'The request was not received in time and was not forwarded.',
+    // A slow body may already be partly streamed to the upstream when the clock runs out.
+    detail: 'The request was not received in time; it was not forwarded, or its forwarding was cut off.',
     headers: { connection: 'close' },
   },
   [HeadersTooLargeError.code]: {
@@ -179,6 +188,11 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     title: 'Service unavailable',
     detail: 'This gateway instance is shutting down. Retry the request.',
     headers: { 'retry-after': '1', connection: 'close' },
+  },
+  [ClientClosedRequestError.code]: {
+    slug: 'client-closed-request',
+    title: 'Client closed request',
+    detail: 'The client closed the connection before the answer was complete; the request to the upstream was cancelled.',
   },
   [InternalError.code]: {
     slug: 'internal',

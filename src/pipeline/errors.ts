@@ -61,6 +61,16 @@ export class RouteNotFoundError extends ZtError {
   readonly status = 404;
 }
 
+/**
+ * The method is not one the gateway routes (RFC 9110 §15.5.6): TRACE, WebDAV's PROPFIND or
+ * MKCOL, PURGE, … are never forwarded, whatever the path.
+ */
+export class MethodNotAllowedError extends ZtError {
+  static override readonly code = 'ERR_METHOD_NOT_ALLOWED';
+  readonly code = MethodNotAllowedError.code;
+  readonly status = 405;
+}
+
 export class PayloadTooLargeError extends ZtError {
   static override readonly code = 'ERR_PAYLOAD_TOO_LARGE';
   readonly code = PayloadTooLargeError.code;
@@ -180,6 +190,17 @@ export class ShuttingDownError extends ZtError {
   readonly status = 503;
 }
 
+/**
+ * The client closed its connection before its answer was complete (mid-body, while the
+ * gateway or the upstream worked, or mid-response). Logged and counted with nginx's 499;
+ * never sent, as nobody is left to read it. The upstream request was aborted.
+ */
+export class ClientClosedRequestError extends ZtError {
+  static override readonly code = 'ERR_CLIENT_CLOSED_REQUEST';
+  readonly code = ClientClosedRequestError.code;
+  readonly status = 499;
+}
+
 /** Anything unexpected. Never carries detail to the client. */
 export class InternalError extends ZtError {
   static override readonly code = 'ERR_INTERNAL';
@@ -193,6 +214,7 @@ export const ALL_ERRORS = [
   BadRequestError,
   MisdirectedRequestError,
   RouteNotFoundError,
+  MethodNotAllowedError,
   PayloadTooLargeError,
   RequestTimeoutError,
   HeadersTooLargeError,
@@ -212,5 +234,6 @@ export const ALL_ERRORS = [
   UpstreamUnreachableError,
   UpstreamTimeoutError,
   ShuttingDownError,
+  ClientClosedRequestError,
   InternalError,
 ] as const;

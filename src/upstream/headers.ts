@@ -5,11 +5,22 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { RequestContext } from '../pipeline/context.ts';
 import { HOP_BY_HOP } from './header-deny-list.ts';
 
+/** RFC 6455 handshake fields, forwarded only on a relayed WebSocket handshake and its 101. */
+export const WEBSOCKET_HANDSHAKE = ['sec-websocket-key', 'sec-websocket-version', 'sec-websocket-protocol', 'sec-websocket-extensions', 'sec-websocket-accept'] as const;
+
 const NEVER_CROSSES = [
   ...HOP_BY_HOP,
   // Expect: 100-continue is answered by the gateway itself (server.ts, after the pipeline);
   // undici refuses to send it, and the upstream gets the body without having to invite it.
   'expect',
+  // RFC 7540 §3.2.1: HTTP2-Settings belongs to an h2c upgrade on this connection (hop-by-hop by
+  // definition), and the gateway never relays one; an upstream must not see half a handshake.
+  'http2-settings',
+  // RFC 6455 §4.1-4.2: handshake fields, meaningless outside a handshake. On a plain request
+  // (an Upgrade the gateway ignored, or none) they would let a client make an upstream believe
+  // a handshake happened; upstream/websocket.ts puts them back on the one request it relays
+  // as a WebSocket, and on that request's 101.
+  ...WEBSOCKET_HANDSHAKE,
 ];
 
 /** Compiled once per Runtime: what never crosses to the upstream whatever the route says. */

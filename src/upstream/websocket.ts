@@ -20,12 +20,12 @@ import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
 import { newContext, requestIdFor, type RequestContext } from '../pipeline/context.ts';
-import { BadRequestError, ShuttingDownError, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../pipeline/errors.ts';
+import { BadRequestError, ClientClosedRequestError, ShuttingDownError, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../pipeline/errors.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import type { AccessRecorder } from '../observability/access-log.ts';
 import { closeAfterWrite, responseHead, writeProblemToSocket } from '../observability/client-error.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
-import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './headers.ts';
+import { clientResponseHeaders, upstreamRequestHeaders, WEBSOCKET_HANDSHAKE, type ForwardingPolicy } from './headers.ts';
 
 export interface UpgradeOptions {
   readonly holder: RuntimeHolder;
@@ -123,6 +123,10 @@ class ChunkedEncoder extends Transform {
   }
 }
 
+function copyHandshake(from: IncomingHttpHeaders, to: Record<string, string | string[] | undefined>): void {
+  for (const name of WEBSOCKET_HANDSHAKE) if (from[name] !== undefined) to[name] = from[name];
+}
+
 interface Attempt {
   readonly ctx: RequestContext;
   readonly started: number;
@@ -159,6 +163,7 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     const route = ctx.route!;
     const target = new URL(ctx.upstreamOrigin ?? route.upstreamOrigin);
     const headers = upstreamRequestHeaders(ctx, target.host, policy);
+    copyHandshake(ctx.headers, headers); // checked by checkHandshake; never forwarded on plain requests
     headers.connection = 'Upgrade';
     headers.upgrade = 'websocket'; // the client may have listed more; only this one is relayed
     const upstreamStarted = performance.now();
@@ -214,6 +219,7 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
       }
       if (client.destroyed) return void upstream.destroy();
       const out: Record<string, string | string[] | undefined> = clientResponseHeaders(ctx, res.headers);
+      copyHandshake(res.headers, out); // the accept was checked above; protocol and extensions are what the upstream chose
       out.upgrade = 'websocket';
       out.connection = 'Upgrade';
       client.write(responseHead(101, out));
@@ -245,7 +251,7 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     };
     run().then(
       () => {
-        if (socket.destroyed) return finish(attempt, 499, undefined); // the client left during the checks
+        if (socket.destroyed) return finish(attempt, 499, new ClientClosedRequestError('client left during the checks'));
         relay(attempt, req.headers['sec-websocket-key'] as string, runtime.forwarding, socket, head);
       },
       (err: unknown) => refuse(attempt, socket, err),

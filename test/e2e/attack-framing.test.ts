@@ -173,10 +173,11 @@ describe('refusals by the router, and the access line', () => {
 
   it('answers a method no route takes with a problem and an access line', async () => {
     const res = await rawRequest(gw.url, '/echo/x?q=SECRET-F', { method: 'PROPFIND', headers: { authorization: `Bearer ${token}` } });
-    expect(res.status).toBe(404);
+    expect(res.status).toBe(405);
+    expect(res.headers.allow).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
     expect(res.headers['content-type']).toMatch(/^application\/problem\+json(;|$)/);
     const line = gw.logs.find((l) => l.msg === 'access' && l.reqId === res.json().requestId);
-    expect(line).toMatchObject({ status: 404, method: 'PROPFIND', path: '/echo/x' });
+    expect(line).toMatchObject({ status: 405, method: 'PROPFIND', path: '/echo/x', code: 'ERR_METHOD_NOT_ALLOWED', decision: 'error' });
   });
 });
 

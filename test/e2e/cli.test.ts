@@ -97,6 +97,35 @@ describe('ztgw validate', () => {
   });
 });
 
+describe('--help and unknown options, for every command', () => {
+  const commands: [string[], RegExp][] = [
+    [['serve'], /^usage: ztgw /],
+    [['validate'], /^usage: ztgw /],
+    [['demo'], /^usage: ztgw /],
+    [['token'], /^usage: ztgw /],
+    [['device'], /^usage: ztgw device /],
+    [['device', 'enroll'], /^usage: ztgw device /],
+    [['policy'], /^usage: ztgw policy /],
+    [['policy', 'test'], /^usage: ztgw policy /],
+    [['policy', 'replay'], /^usage: ztgw policy /],
+  ];
+  it.each(commands)('%j --help prints its usage and exits 0; an unknown option is one line and the usage, exit 2', (command, usage) => {
+    for (const help of command.length === 1 && command[0] === 'token' ? ['--help', '-h'] : ['--help']) {
+      const r = ztgw([...command, help]);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(usage);
+      expect(r.stderr).toBe('');
+    }
+    const bad = ztgw([...command, '--no-such-option']);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).not.toMatch(/TypeError|ERR_PARSE_ARGS|\n\s+at /);
+    const [first, second] = bad.stderr.split('\n');
+    expect(first).toMatch(/^ztgw( \w+)?: .*(--no-such-option|--config FILE is required)/);
+    expect(second).toBe('');
+    expect(bad.stderr).toMatch(/usage: ztgw/);
+  }, 30_000);
+});
+
 describe('ztgw serve', () => {
   it('refuses to start on an invalid config, exit 2, nothing listening', async () => {
     const port = await freePort();
