@@ -61,6 +61,13 @@ describe('ztgw device', () => {
     expect(parseYaml(await readFile(file, 'utf8'))).toEqual({ devices: [expected] });
   });
 
+  it('takes a fingerprint that begins with "-" (one in 64 do) after --id', async () => {
+    const dashed = `-${A.slice(1)}`;
+    expect((await run('enroll', '--id', dashed, '--owner', 'alice')).code).toBe(0);
+    expect((await run('revoke', '--id', dashed)).code).toBe(0);
+    expect((await registry.get(dashed))?.revokedAt).toBeDefined();
+  });
+
   it('enroll defaults to an unmanaged, unencrypted, low-trust device with unknown OS', async () => {
     expect((await run('enroll', '--id', A, '--owner', 'alice')).code).toBe(0);
     expect((await registry.get(A))?.posture).toEqual({

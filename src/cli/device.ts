@@ -43,6 +43,19 @@ export const DEVICE_USAGE = `usage: ztgw device <command> [options]
 
 class UsageError extends Error {}
 
+/**
+ * A fingerprint is base64url, so one in 64 begins with '-', which parseArgs would read as an
+ * option (`--id -Xy…` is "ambiguous"): bind the word after --id to it, as `--id=-Xy…` does.
+ */
+function withIdValuesBound(args: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--id' && i + 1 < args.length) out.push(`--id=${args[++i]}`);
+    else out.push(args[i]!);
+  }
+  return out;
+}
+
 export async function runDeviceCommand(
   args: string[],
   registry: DeviceRegistry,
@@ -53,7 +66,8 @@ export async function runDeviceCommand(
   /** The config's issuers: what --issuer may name, and its default when there is one. */
   issuers: readonly IssuerRef[] = [],
 ): Promise<number> {
-  const [command, ...rest] = args;
+  const [command, ...given] = args;
+  const rest = withIdValuesBound(given);
   try {
     switch (command) {
       case 'enroll':

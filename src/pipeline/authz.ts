@@ -62,9 +62,12 @@ export function createAuthzStage(deps: AuthzDeps): Stage {
   }
 
   return (ctx: RequestContext) => {
-    if (ctx.route!.public) return;
     // One read: the whole decision is made against the set that was current here.
     const evaluator = deps.policies.current;
+    // Public routes too: a client's own `x-access-grant` must not reach any upstream looking
+    // like an obligation, and the policy does not see it either (it sees what the upstream gets).
+    ctx.obligationHeaders = evaluator.obligationHeaders;
+    if (ctx.route!.public) return;
     const input = toPolicyInput(ctx, new Date(now()));
     const decision = evaluator.evaluate(input);
     ctx.decision = decision;

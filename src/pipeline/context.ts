@@ -126,6 +126,8 @@ export interface RequestContext {
   decision?: Decision;
   /** Content hash of the policy set that decided. */
   policySet?: string;
+  /** Header names the policy set may set as obligations: never taken from the client. */
+  obligationHeaders?: ReadonlySet<string>;
 
   // upstream
   /** Origin to forward to when a policy obligation names another upstream; else the route's. */

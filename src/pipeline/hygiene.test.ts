@@ -444,6 +444,10 @@ describe('hygiene stage: framing', () => {
     expect(() => run({ httpVersion: '1.0', headers: { host: 'h' } })).not.toThrow();
   });
 
+  it.each(['gzip, chunked', 'identity, chunked', 'gzip'])('rejects Transfer-Encoding %j: only chunked is understood', (te) => {
+    expect(() => withBody({ 'transfer-encoding': te })).toThrow(BadRequestError);
+  });
+
   it.each(['2.0', '0.9', '1.2'])('rejects HTTP/%s request lines (Node reads "HTTP/2.0" as 1.x)', (httpVersion) => {
     expect(() => run({ httpVersion, headers: { host: 'h' } })).toThrow(BadRequestError);
   });

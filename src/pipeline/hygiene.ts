@@ -89,13 +89,30 @@ function decodeEscapes(raw: string): string {
     if (hi >= 0 && lo >= 0 && (isStructural(hi * 16 + lo) || hi * 16 + lo === SEMICOLON)) throw badPath();
   }
   if (nonAscii) {
+    let text: string;
     try {
-      decodeURIComponent(out); // ECMAScript's decoder refuses overlong forms, surrogates and stray bytes
+      text = decodeURIComponent(out); // ECMAScript's decoder refuses overlong forms, surrogates and stray bytes
     } catch {
       throw badPath();
     }
+    // Look-alikes that Unicode compatibility normalisation (NFKC: Python's and Java's
+    // normalisers, IIS "best fit") turns into path syntax: the fullwidth full stop and
+    // solidus (U+FF0E, U+FF0F), the small full stop (U+FE52), the one dot leader (U+2024)…
+    // `/．．／admin` is `/../admin` to such an upstream.
+    const normalised = text.normalize('NFKC');
+    if (normalised !== text && countSyntax(normalised) !== countSyntax(text)) throw badPath();
   }
   return out;
+}
+
+/** How many characters of path syntax ('.', '/', '\\', ';', '%', '?', '#') a decoded path holds. */
+function countSyntax(text: string): number {
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === DOT || c === SLASH || c === BACKSLASH || c === SEMICOLON || c === PERCENT || c === 0x3f || c === HASH) n++;
+  }
+  return n;
 }
 
 /**
@@ -339,7 +356,13 @@ function checkFraming(headers: IncomingHttpHeaders, httpVersion: string, maxBody
   if (httpVersion !== '1.1' && httpVersion !== '1.0') throw new BadRequestError('unsupported HTTP version');
   // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (1.0 has no
   // chunked coding; a 1.0 hop would read the body differently).
-  if (httpVersion === '1.0' && headers['transfer-encoding'] !== undefined) throw new BadRequestError('Transfer-Encoding in HTTP/1.0');
+  const te = headers['transfer-encoding'];
+  if (te !== undefined) {
+    if (httpVersion === '1.0') throw new BadRequestError('Transfer-Encoding in HTTP/1.0');
+    // RFC 9112 §6.1: only chunked is understood here. `gzip, chunked` would be de-chunked and
+    // forwarded as a plain body, the gzip coding silently lost.
+    if (te.trim().toLowerCase() !== 'chunked') throw new BadRequestError('unsupported transfer coding');
+  }
   const cl = headers['content-length'];
   if (cl === undefined) return;
   if (headers['transfer-encoding'] !== undefined) throw new BadRequestError('ambiguous message framing');

@@ -79,6 +79,12 @@ export interface Explanation {
 
 export interface Evaluator {
   readonly set: PolicySet;
+  /**
+   * Header names (lower case) any allow rule of the set may send upstream as an obligation.
+   * A client's own copy of one is never forwarded: when the deciding rule does not set it,
+   * the client's value would otherwise reach the upstream looking like the policy's.
+   */
+  readonly obligationHeaders: ReadonlySet<string>;
   evaluate(input: PolicyInput): Decision;
   explain(input: PolicyInput): Explanation;
 }
@@ -231,8 +237,13 @@ export function createEvaluator(set: PolicySet, options: EvaluatorOptions = {}):
     return { decision, candidates, runs: full ? [...enforced, ...reportOnly] : enforced, outcome };
   }
 
+  const obligationHeaders = new Set<string>();
+  for (const policy of set.policies) {
+    for (const rule of policy.rules) for (const name of Object.keys(rule.obligations?.headers ?? {})) obligationHeaders.add(name.toLowerCase());
+  }
   return {
     set,
+    obligationHeaders,
     evaluate: (input) => run(input, false).decision,
     explain(input) {
       const { decision, candidates, runs, outcome } = run(input, true);

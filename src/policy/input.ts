@@ -67,11 +67,13 @@ const WITHHELD_HEADERS = new Set(['authorization', 'proxy-authorization', 'cooki
 function policyHeaders(ctx: RequestContext): Record<string, string> {
   const { headers, connectionListed } = ctx;
   const deny = ctx.route?.denyList;
+  const obligations = ctx.obligationHeaders;
   const out: Record<string, string> = {};
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || WITHHELD_HEADERS.has(name)) continue;
     if ((connectionListed !== undefined && connectionListed.has(name)) || deny?.denies(name)) continue;
+    if (obligations !== undefined && obligations.has(name)) continue; // never forwarded from the client (upstream/headers.ts)
     out[name] = Array.isArray(value) ? value.join(', ') : value;
   }
   if (ctx.forwardedHost) {

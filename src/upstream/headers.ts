@@ -62,11 +62,13 @@ export function upstreamRequestHeaders(ctx: RequestContext, upstreamHost: string
   const route = ctx.route!;
   const dropCredentials = !route.forwardAuthorization;
   const deny = route.denyList;
+  const obligations = ctx.obligationHeaders;
   const out: IncomingHttpHeaders = {};
   for (const name in ctx.headers) {
     if (policy.strip.has(name) || (listed !== undefined && listed.has(name))) continue;
     if (dropCredentials && CREDENTIALS.has(name)) continue; // upstreams get the assertion instead
     if (deny.denies(name)) continue; // the same test the policy input applies (policy/input.ts)
+    if (obligations !== undefined && obligations.has(name)) continue; // only the deciding rule may set it
     out[name] = ctx.headers[name];
   }
   if (ctx.headers.te === 'trailers') out.te = 'trailers'; // the one TE value that may pass

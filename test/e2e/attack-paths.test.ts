@@ -99,6 +99,12 @@ describe('dot segments, by every spelling', () => {
     '/public/..%2fadmin/x',
     '/public/..%2Fadmin/x',
     '/public/..%5cadmin',
+    // Unicode look-alikes NFKC turns into dots and slashes (fullwidth, small full stop, one dot leader)
+    '/public/%ef%bc%8e%ef%bc%8e%ef%bc%8fadmin/x',
+    '/public/%EF%BC%8E%EF%BC%8E/admin/x',
+    '/public/%ef%b9%92%ef%b9%92/admin/x',
+    '/public/%e2%80%a4%e2%80%a4/admin/x',
+    '/public/x%ef%bc%8fy',
     // overlong and otherwise broken UTF-8, IIS %u escapes
     '/public/%c0%ae%c0%ae/admin/x',
     '/public/%C0%AE%C0%AE/admin/x',
@@ -188,6 +194,14 @@ describe('names that start or end with dots are names', () => {
 describe('path parameters that would change the route', () => {
   it.each(['/admin;x/secret', '/admin;/secret', '/;/admin/x', '/public;x/y', '/public/../admin;/x'])('refuses %s', async (target) => {
     expectBadPath(await send(target), target);
+  });
+
+  it('forwards non-ASCII names, composed or not (NFKC changes no path syntax in them)', async () => {
+    for (const path of ['/public/caf%C3%A9', '/public/cafe%CC%81', '/public/%E6%97%A5%E6%9C%AC']) {
+      const res = await send(path);
+      expect(res.status, path).toBe(200);
+      expect(res.json().url).toBe(path);
+    }
   });
 
   it('forwards path parameters inside one route', async () => {

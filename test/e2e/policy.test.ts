@@ -93,6 +93,18 @@ beforeEach(() => {
 
 const as = (sub: string, path: string, method = 'GET') => rawRequest(gw.url, path, { method, headers: { authorization: `Bearer ${tokens[sub]}` } });
 
+describe('obligation headers come from the policy only', () => {
+  it("a client's own copy of an obligation header never reaches an upstream", async () => {
+    // On the route where the deciding rule sets it, the policy's value replaces the client's…
+    const decided = await rawRequest(gw.url, '/code/repo', { headers: { authorization: `Bearer ${tokens.alice}`, 'x-team': 'forged' } });
+    expect(decided.json().headers['x-team']).toBe('engineering');
+    // …where no rule sets it (another allow rule decided), the client's copy is dropped, not passed on.
+    const other = await rawRequest(gw.url, '/code/repo', { headers: { authorization: `Bearer ${tokens.carol}`, 'x-team': 'engineering' } });
+    expect(other.status).toBe(200);
+    expect(quarantine.requests[0]!.headers['x-team']).toBeUndefined();
+  });
+});
+
 describe('policy decisions', () => {
   it('allows what a rule allows, with its obligations, and names the policy set in the assertion', async () => {
     const res = await as('alice', '/code/repo');
