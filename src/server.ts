@@ -16,7 +16,7 @@ import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError,
 import { runPipeline } from './pipeline/run.ts';
 import { toProblem } from './observability/problem.ts';
 import type { GatewayMetrics } from './observability/metrics.ts';
-import { createAccessRecorder } from './observability/access-log.ts';
+import { createAccessRecorder, type AccessLineSink } from './observability/access-log.ts';
 import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID } from './observability/client-error.ts';
 import { CLIENT_GONE, createUpstreamDispatcher, forward } from './upstream/proxy.ts';
 import { attachUpgradeHandling, isWebSocketUpgrade } from './upstream/websocket.ts';
@@ -25,8 +25,8 @@ import { attachUpgradeHandling, isWebSocketUpgrade } from './upstream/websocket.
 export interface DataPlaneOptions {
   readonly holder: RuntimeHolder;
   readonly logger: Logger;
-  /** Unredacted, for access lines built from fixed fields only. */
-  readonly accessLogger: Logger;
+  /** Where access lines go (logging.ts: the same stream as the other logs). */
+  readonly accessLogger: AccessLineSink;
   readonly metrics: GatewayMetrics;
   /** Set while draining for shutdown: new requests get 503 with Connection: close. */
   readonly isDraining: () => boolean;

@@ -2,7 +2,6 @@
 // requests the router refused and requests Node's parser refused before any route ran all
 // write the same access line and count in the same metrics. A second, hand-rolled logger in
 // one of those paths is how a refused (and interesting) request goes unseen.
-import type { Logger } from 'pino';
 import type { ZtError } from '../pipeline/errors.ts';
 import type { Decision, GatewayMetrics } from './metrics.ts';
 import { loggedPath } from './log-path.ts';
@@ -34,7 +33,33 @@ function decisionOf(status: number, error: ZtError | undefined, routed: boolean)
   return status === 401 || status === 403 ? 'deny' : 'error';
 }
 
-export function createAccessRecorder(accessLogger: Logger, metrics: GatewayMetrics): AccessRecorder {
+/** Where access lines go: one JSON line per call, newline included. */
+export interface AccessLineSink {
+  /** False below the `info` level: no line is built. */
+  readonly enabled: boolean;
+  write(line: string): void;
+}
+
+// Strings from the request (path, method, sub, client) are quoted by JSON.stringify: a
+// path or a token's sub can hold quotes, backslashes and control characters.
+const str = (name: string, value: string | undefined): string => (value === undefined ? '' : `,"${name}":${JSON.stringify(value)}`);
+
+/**
+ * The access line, built by hand from its fixed fields rather than through pino: pino's
+ * generic serialisation cost more than the rest of the line's work (5-8 µs against ~1 µs
+ * in process; docs/performance.md). Same shape as a pino line (level, time, svc, log, msg),
+ * so the two kinds read alike in one stream.
+ */
+export function formatAccessLine(r: AccessRecord, route: string, decision: Decision): string {
+  const ms = r.ms === undefined ? '' : `,"ms":${Math.round(r.ms * 100) / 100}`;
+  return (
+    `{"level":30,"time":${Date.now()},"svc":"ztgw","log":"access"${str('reqId', r.reqId)}${str('method', r.method)}${str('path', loggedPath(r.path))}` +
+    `${str('route', route)},"status":${r.status}${ms},"decision":"${decision}"${str('sub', r.sub)}${str('client', r.client)}${str('code', r.error?.code)}` +
+    `${str('upgrade', r.upgrade)},"msg":"access"}\n`
+  );
+}
+
+export function createAccessRecorder(sink: AccessLineSink, metrics: GatewayMetrics): AccessRecorder {
   return (r: AccessRecord): void => {
     const route = r.route ?? 'none';
     const { status, error } = r;
@@ -44,21 +69,6 @@ export function createAccessRecorder(accessLogger: Logger, metrics: GatewayMetri
     // 401s and 403s by code: credential stuffing, DPoP replays, policy denies and revoked
     // devices are each one series to alert on.
     if (error !== undefined && (status === 401 || status === 403)) metrics.authFailures.inc({ reason: error.code });
-    accessLogger.info(
-      {
-        reqId: r.reqId,
-        method: r.method,
-        path: loggedPath(r.path),
-        route,
-        status,
-        ms: r.ms === undefined ? undefined : Math.round(r.ms * 100) / 100,
-        decision,
-        sub: r.sub,
-        client: r.client,
-        code: error?.code,
-        upgrade: r.upgrade,
-      },
-      'access',
-    );
+    if (sink.enabled) sink.write(formatAccessLine(r, route, decision));
   };
 }
