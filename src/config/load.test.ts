@@ -56,13 +56,14 @@ describe('parseConfig: valid input', () => {
   it('fills defaults into a minimal config', () => {
     const config = parseConfig(MINIMAL, 'gw.yaml', {});
     expect(config.server.listen).toEqual({ host: '127.0.0.1', port: 8080 });
-    expect(config.server.admin).toEqual({ host: '127.0.0.1', port: 9090 });
+    expect(config.server.admin).toEqual({ host: '127.0.0.1', port: 9090, hosts: [], metricsRequireToken: false });
     expect(config.server.logLevel).toBe('info');
     expect(config.server.trustedProxies).toEqual([]);
     expect(config.server.timeouts.headersMs).toBe(10_000);
     expect(config.identity.tokenCache).toEqual({ maxEntries: 10_000, maxTtlS: 300 });
     expect(config.identity.issuers[0]).toMatchObject({ clockToleranceS: 30, groupsClaim: 'groups', jwksCacheMaxAgeS: 600 });
-    expect(config.routes[0]).toMatchObject({ public: false, stripPrefix: false, websocket: false });
+    expect(config.routes[0]).toMatchObject({ public: false, stripPrefix: false, websocket: false, caseInsensitive: false });
+    expect(config.routes[0]!.response).toEqual({ banners: 'strip', errorBodies: 'replace', redirects: 'rewrite', cookies: 'scoped', ownHostHeaders: [], setHeaders: {} });
   });
 
   it('accepts a config with only a public route (server and identity default)', () => {

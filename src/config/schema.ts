@@ -5,6 +5,49 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
 const Strict = { additionalProperties: false } as const;
 
+/** A DNS name or IPv4 address, "*." allowed in front; no port, no trailing dot (semantics.ts explains a refusal). */
+const HOST_NAME_PATTERN = '^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^\\[[0-9A-Fa-f:.]+\\]$';
+
+/** Headers whose effect reaches past one route to the whole host; see RouteResponse.ownHostHeaders. */
+export const HOST_WIDE_HEADER_GROUPS = ['strict-transport-security', 'cors', 'alt-svc', 'clear-site-data', 'reporting', 'service-worker-allowed'] as const;
+
+const HeaderName = Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$' });
+
+const RouteResponse = Type.Object(
+  {
+    banners: Type.Union([Type.Literal('strip'), Type.Literal('pass')], {
+      default: 'strip',
+      description: 'strip: remove Server, X-Powered-By and similar banner headers (server.bannerHeaders) from this route\'s responses. pass: keep them.',
+    }),
+    errorBodies: Type.Union([Type.Literal('replace'), Type.Literal('pass')], {
+      default: 'replace',
+      description: 'replace: a 5xx from the upstream reaches the client as the gateway\'s problem document (ERR_UPSTREAM_ERROR) with the upstream\'s status. pass: the upstream\'s own body.',
+    }),
+    redirects: Type.Union([Type.Literal('rewrite'), Type.Literal('pass')], {
+      default: 'rewrite',
+      description: 'rewrite: Location and Content-Location naming the upstream\'s own origin (or its path, under stripPrefix) are rewritten to the public origin and route prefix, like nginx\'s proxy_redirect default. pass: unchanged.',
+    }),
+    cookies: Type.Union([Type.Literal('scoped'), Type.Literal('pass')], {
+      default: 'scoped',
+      description: 'scoped: Set-Cookie is confined to this route (name prefixed with "<route>.", Path under pathPrefix, Domain dropped unless cookieDomain), and the Cookie header sent upstream carries only this route\'s cookies, names restored. pass: cookies cross unchanged in both directions.',
+    }),
+    cookieDomain: Type.Optional(
+      Type.String({ pattern: HOST_NAME_PATTERN, description: 'Domain attribute this route\'s cookies may keep (the upstream\'s Domain is kept only when it is this name or under it).' }),
+    ),
+    ownHostHeaders: Type.Array(Type.Union(HOST_WIDE_HEADER_GROUPS.map((g) => Type.Literal(g))), {
+      default: [],
+      uniqueItems: true,
+      description:
+        'Host-wide headers this route\'s upstream may set: strict-transport-security, cors (Access-Control-*), alt-svc, clear-site-data, reporting (NEL, Report-To, Reporting-Endpoints), service-worker-allowed. From other routes they are dropped.',
+    }),
+    setHeaders: Type.Record(HeaderName, Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$' }), {
+      default: {},
+      description: 'Headers the gateway sets on this route\'s responses (replacing the upstream\'s), e.g. strict-transport-security or content-security-policy.',
+    }),
+  },
+  { ...Strict, default: {}, description: 'What this route\'s upstream may send back to clients.' },
+);
+
 const Milliseconds = (def: number, description: string) =>
   Type.Integer({ minimum: 1, maximum: 3_600_000, default: def, description });
 
@@ -20,7 +63,30 @@ const Listener = (host: string, port: number, description: string) =>
 const Server = Type.Object(
   {
     listen: Listener('127.0.0.1', 8080, 'Data plane: where employees connect.'),
-    admin: Listener('127.0.0.1', 9090, 'Admin plane: /healthz, /readyz, /metrics. Keep it off public interfaces.'),
+    admin: Type.Object(
+      {
+        host: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address to bind.' }),
+        port: Type.Integer({ minimum: 0, maximum: 65535, default: 9090, description: 'TCP port; 0 picks a free one.' }),
+        hosts: Type.Array(Type.String({ pattern: HOST_NAME_PATTERN }), {
+          default: [],
+          description:
+            'Host names the admin plane answers (Host header, port ignored), e.g. the name Prometheus scrapes it by. Always answered: the address the request came in on, and localhost names on a loopback listener. Any other Host gets 421, so a DNS-rebinding web page cannot reach it.',
+        }),
+        tokenFile: Type.Optional(
+          Type.String({ minLength: 1, description: 'File holding the admin bearer token (at least 32 characters), relative to this file.' }),
+        ),
+        tokenEnv: Type.Optional(
+          Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'Environment variable holding the admin bearer token (at least 32 characters).' }),
+        ),
+        metricsRequireToken: Type.Boolean({ default: false, description: 'Serve /metrics only with the admin token too.' }),
+      },
+      {
+        ...Strict,
+        default: {},
+        description:
+          'Admin plane: /healthz, /readyz, /metrics and /.well-known/zt-jwks.json open (Host and Origin checked); everything else (profiles, heap snapshots) only with the admin token, and off without one. Keep it off public interfaces.',
+      },
+    ),
     trustedProxies: Type.Array(Type.String({ minLength: 1 }), {
       default: [],
       description:
@@ -77,9 +143,14 @@ const Server = Type.Object(
       description:
         'Request header names with "_" (CGI, WSGI, Rack and PHP-FPM read them as "-"): drop them (neither forwarded nor shown to policies) or refuse the request with 400. Like Envoy\'s headers_with_underscores_action.',
     }),
+    bannerHeaders: Type.Array(HeaderName, {
+      default: ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-version', 'x-generator', 'x-backend-server', 'x-served-by', 'via'],
+      description: 'Response headers that announce the upstream\'s software or hosts, removed from every route whose response.banners is strip (the default).',
+    }),
     profiling: Type.Boolean({
       default: false,
-      description: 'Expose /debug/profile/cpu and /debug/profile/heap on the admin plane.',
+      description:
+        'Expose /debug/profile/cpu and /debug/profile/heap on the admin plane, behind the admin token (admin.tokenFile or admin.tokenEnv, required). A heap snapshot holds every secret in memory and stalls the data plane while it is taken.',
     }),
   },
   { ...Strict, default: {} },
@@ -178,14 +249,19 @@ const Route = Type.Object(
   {
     name: Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }),
     hosts: Type.Optional(
-      Type.Array(Type.String({ minLength: 1 }), {
+      Type.Array(Type.String({ pattern: HOST_NAME_PATTERN }), {
         minItems: 1,
-        description: 'Host names this route answers ("*.example.com" allowed). Omit for any host.',
+        description: 'Host names this route answers ("*.example.com" allowed; no port, no trailing dot). Omit for any host.',
       }),
     ),
     pathPrefix: Type.String({ pattern: '^/', description: 'Longest matching prefix wins. "/api/" matches "/api/x" and "/api".' }),
     upstream: Type.String({ format: 'uri', pattern: '^https?://', description: 'Base URL; its path is prepended to the forwarded path.' }),
     stripPrefix: Type.Boolean({ default: false, description: 'Remove pathPrefix before forwarding.' }),
+    caseInsensitive: Type.Boolean({
+      default: false,
+      description:
+        'The upstream treats paths case-insensitively (Express by default, ASP.NET, IIS): match pathPrefix ignoring case and give policies the path in lower case, so "/API/Admin" cannot slip past a rule about "/api/admin". Off: a path that differs from a route prefix only in case is refused (400).',
+    }),
     public: Type.Boolean({ default: false, description: 'Skip authentication. Off unless said explicitly.' }),
     issuers: Type.Optional(Type.Array(Type.String(), { minItems: 1, description: 'Issuer names accepted here; default all.' })),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
@@ -208,6 +284,7 @@ const Route = Type.Object(
       default: false,
       description: 'Forward the client\'s Authorization and DPoP headers upstream (off: the assertion is what upstreams trust).',
     }),
+    response: RouteResponse,
     forwardHeaders: Type.Array(Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^`|~-]+$' }), {
       default: [],
       description:

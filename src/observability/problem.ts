@@ -30,6 +30,10 @@ import {
   ShuttingDownError,
   UpstreamTimeoutError,
   UpstreamUnreachableError,
+  UpstreamErrorResponse,
+  AdminTokenRequiredError,
+  ForeignOriginError,
+  ProfileBusyError,
 } from '../pipeline/errors.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
@@ -182,6 +186,28 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     slug: 'upstream-timeout',
     title: 'Gateway timeout',
     detail: 'The service behind this route did not answer in time.',
+  },
+  [UpstreamErrorResponse.code]: {
+    slug: 'upstream-error',
+    title: 'Upstream error',
+    detail: 'The service behind this route failed to process the request. Quote the request id when reporting it.',
+  },
+  [AdminTokenRequiredError.code]: {
+    slug: 'admin-token-required',
+    title: 'Admin token required',
+    detail: 'This admin endpoint needs the admin token: "Authorization: Bearer <token>".',
+    headers: { 'www-authenticate': 'Bearer realm="zt-gateway-admin"' },
+  },
+  [ForeignOriginError.code]: {
+    slug: 'foreign-origin',
+    title: 'Cross-origin request refused',
+    detail: 'The admin plane does not answer requests a web page sends on another origin\'s behalf.',
+  },
+  [ProfileBusyError.code]: {
+    slug: 'profile-busy',
+    title: 'Profile already running',
+    detail: 'One profile or heap snapshot is taken at a time on an instance. Retry when the running one is done.',
+    headers: { 'retry-after': '5' },
   },
   [ShuttingDownError.code]: {
     slug: 'shutting-down',

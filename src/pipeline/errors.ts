@@ -183,6 +183,44 @@ export class UpstreamTimeoutError extends ZtError {
   readonly status = 504;
 }
 
+/**
+ * The upstream answered with a 5xx and the route does not pass upstream error bodies through
+ * (routes[].response.errorBodies): the gateway answers with the upstream's status and its own
+ * problem document, since many internal APIs print stack traces and internal names there.
+ */
+export class UpstreamErrorResponse extends ZtError {
+  static override readonly code = 'ERR_UPSTREAM_ERROR';
+  readonly code = UpstreamErrorResponse.code;
+  readonly status: number;
+
+  constructor(message: string, options?: { cause?: unknown; headers?: Record<string, string>; status?: number }) {
+    super(message, options);
+    const status = options?.status ?? 500;
+    this.status = status >= 500 && status <= 599 ? status : 500;
+  }
+}
+
+/** Admin plane: an endpoint beyond health, readiness (and metrics, unless configured) was asked without the admin token. */
+export class AdminTokenRequiredError extends ZtError {
+  static override readonly code = 'ERR_ADMIN_TOKEN_REQUIRED';
+  readonly code = AdminTokenRequiredError.code;
+  readonly status = 401;
+}
+
+/** Admin plane: the request carries an Origin (or Sec-Fetch-Site) of a web page elsewhere: a browser sent it on a page's behalf. */
+export class ForeignOriginError extends ZtError {
+  static override readonly code = 'ERR_FOREIGN_ORIGIN';
+  readonly code = ForeignOriginError.code;
+  readonly status = 403;
+}
+
+/** Admin plane: a profile or heap snapshot is already being taken; one at a time. */
+export class ProfileBusyError extends ZtError {
+  static override readonly code = 'ERR_PROFILE_BUSY';
+  readonly code = ProfileBusyError.code;
+  readonly status = 409;
+}
+
 /** The gateway is draining for shutdown and takes no new work. */
 export class ShuttingDownError extends ZtError {
   static override readonly code = 'ERR_SHUTTING_DOWN';
@@ -233,6 +271,10 @@ export const ALL_ERRORS = [
   StepUpRequiredError,
   UpstreamUnreachableError,
   UpstreamTimeoutError,
+  UpstreamErrorResponse,
+  AdminTokenRequiredError,
+  ForeignOriginError,
+  ProfileBusyError,
   ShuttingDownError,
   ClientClosedRequestError,
   InternalError,
