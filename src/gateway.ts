@@ -8,6 +8,7 @@ import { compileRuntime, type RuntimeHolder } from './config/compile.ts';
 import { loadConfigFile } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { buildAdminPlane } from './observability/admin.ts';
+import { loadAdminCredential } from './observability/admin-token.ts';
 import { createLoggers } from './observability/logging.ts';
 import { createMetrics, type GatewayMetrics } from './observability/metrics.ts';
 import { buildDataPlane } from './server.ts';
@@ -35,10 +36,10 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-function loadSource(source: ConfigSource): { config: Config; dir: string } {
+function loadSource(source: ConfigSource): { config: Config; dir: string; text?: string } {
   if ('config' in source) return source;
-  const { config, dir } = loadConfigFile(source.file, source.env);
-  return { config, dir };
+  const { config, dir, text } = loadConfigFile(source.file, source.env);
+  return { config, dir, text };
 }
 
 function urlOf(address: AddressInfo | string | null, tls = false): string {
@@ -50,6 +51,12 @@ function urlOf(address: AddressInfo | string | null, tls = false): string {
 /** Throws ConfigError (with file:line issues) or a compile error before anything listens. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const initial = loadSource(opts.source);
+  // Read once, before anything starts: a missing or weak admin token is a config error (exit 2).
+  const fromFile = 'file' in opts.source ? opts.source : undefined;
+  const adminCredential = loadAdminCredential(initial.config, initial.dir, fromFile?.env ?? process.env, {
+    file: fromFile?.file ?? resolve(initial.dir, '(config)'),
+    text: initial.text,
+  });
   const decisionFile = initial.config.policies?.decisionLog.file;
   const { logger, access, decisions } = createLoggers(
     initial.config.server.logLevel,
@@ -73,7 +80,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const isDraining = () => draining;
 
   const data = buildDataPlane({ holder, logger, accessLogger: access, metrics, isDraining, configDir: initial.dir });
-  const admin = buildAdminPlane({ holder, services, logger, metrics, isDraining, lastReloadError: () => lastReloadError });
+  const admin = buildAdminPlane({ holder, services, logger, metrics, isDraining, lastReloadError: () => lastReloadError, credential: adminCredential });
   try {
     await data.listen({ host: server.listen.host, port: server.listen.port });
     await admin.listen({ host: server.admin.host, port: server.admin.port });

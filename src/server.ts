@@ -12,7 +12,7 @@ import type http from 'node:http';
 import type https from 'node:https';
 import { resolve } from 'node:path';
 import { newContext, requestIdFor, type RequestContext } from './pipeline/context.ts';
-import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, ShuttingDownError, ZtError } from './pipeline/errors.ts';
+import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, ShuttingDownError, UpstreamErrorResponse, ZtError } from './pipeline/errors.ts';
 import { runPipeline } from './pipeline/run.ts';
 import { toProblem } from './observability/problem.ts';
 import type { GatewayMetrics } from './observability/metrics.ts';
@@ -20,6 +20,7 @@ import { createAccessRecorder, type AccessLineSink } from './observability/acces
 import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID } from './observability/client-error.ts';
 import { CLIENT_GONE, createUpstreamDispatcher, forward } from './upstream/proxy.ts';
 import { attachUpgradeHandling, isWebSocketUpgrade } from './upstream/websocket.ts';
+import { refuseClientRenegotiation } from './tls-renegotiation.ts';
 
 
 export interface DataPlaneOptions {
@@ -45,6 +46,8 @@ function httpsOptions(tls: ServerConfig['tls'], configDir: string): https.Server
   return {
     cert: read(tls.certFile),
     key: read(tls.keyFile),
+    // Node's default, stated so that --tls-min-v1.0 (or NODE_OPTIONS) cannot lower it here.
+    minVersion: 'TLSv1.2',
     ...(tls.clientCaFile === undefined ? {} : { ca: read(tls.clientCaFile), requestCert: true, rejectUnauthorized: false }),
   };
 }
@@ -227,6 +230,13 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       if (state) state.error = final;
       sendProblem(reply, ctx.id, final);
     },
+    onUpstreamErrorResponse(ctx: RequestContext, error: UpstreamErrorResponse, reply: FastifyReply) {
+      // The upstream's status, never its body: that is what was kept from the client.
+      logger.warn({ reqId: ctx.id, route: ctx.route!.name, status: error.status }, 'upstream error response replaced');
+      const state = reply.request.zt;
+      if (state) state.error = error;
+      sendProblem(reply, ctx.id, error);
+    },
   };
 
   // Not async, and returns nothing: Fastify then neither wraps a promise nor awaits the
@@ -351,5 +361,11 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   app.server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => app.server.emit('request', req, res));
 
   attachUpgradeHandling(app.server, { holder, logger, isDraining: opts.isDraining, record, metrics });
+  if (tls !== undefined) {
+    refuseClientRenegotiation(app.server as https.Server, (socket) => {
+      metrics.tlsRenegotiationsRefused.inc();
+      logger.warn({ client: socket.remoteAddress }, 'tls renegotiation refused; connection closed');
+    });
+  }
   return app;
 }

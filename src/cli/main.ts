@@ -1,6 +1,7 @@
 // ztgw: the gateway's command line (its entry is ztgw.ts). Exit codes: 0 ok, 1 runtime
 // failure, 2 bad input (invalid config or arguments), so scripts and CI can tell a typo
 // from an outage.
+import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, formatIssue, loadConfigFile } from '../config/load.ts';
@@ -11,6 +12,7 @@ import { DEVICE_USAGE, runDeviceCommand } from './device.ts';
 import { POLICY_USAGE, runPolicyCommand } from './policy.ts';
 import { lowerPoolPriority, poolNice } from './thread-pool.ts';
 import { openRegistry } from '../services.ts';
+import { loadAdminCredential } from '../observability/admin-token.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '../..');
 const DEV_ISSUER_DIR = resolve(REPO_ROOT, '.ztgw/dev-issuer');
@@ -70,7 +72,8 @@ function configFlag(args: string[]): string {
 
 function validate(args: string[]): void {
   const file = configFlag(args);
-  loadConfigFile(file);
+  const { config, dir, text } = loadConfigFile(file);
+  loadAdminCredential(config, dir, process.env, { file, text }); // serve would refuse a missing or weak admin token
   process.stdout.write(`${file}: ok\n`);
 }
 
@@ -109,11 +112,18 @@ async function demo(args: string[]): Promise<void> {
   await loadOrCreateDevIssuer(DEV_ISSUER_DIR);
   const echoPort = Number(process.env.ZTGW_ECHO_PORT ?? '8081');
   const echo = await startEchoServer({ host: '127.0.0.1', port: echoPort });
-  const env = { ...process.env, ZTGW_ECHO_PORT: String(echo.port) };
+  // Profiling stays on in the demo, behind an admin token: the one given in ZTGW_ADMIN_TOKEN,
+  // or a fresh one per start, printed below (deploy/demo.yaml reads it through tokenEnv).
+  const givenToken = process.env.ZTGW_ADMIN_TOKEN;
+  const adminToken = givenToken ?? randomBytes(32).toString('base64url');
+  const env = { ...process.env, ZTGW_ECHO_PORT: String(echo.port), ZTGW_ADMIN_TOKEN: adminToken };
   const gateway = await startGateway({ source: { file: DEMO_CONFIG, env } });
+  const shownToken = givenToken === undefined ? adminToken : '$ZTGW_ADMIN_TOKEN';
   process.stderr.write(
     `\nzt-gateway demo\n  gateway  ${gateway.url}   (route /echo/ → echo upstream ${echo.url})\n  admin    ${gateway.adminUrl}   (/healthz /readyz /metrics)\n\n` +
-      `  curl -H "Authorization: Bearer $(npm run -s token -- --sub alice --groups eng)" ${gateway.url}/echo/hi\n\n`,
+      `  curl -H "Authorization: Bearer $(npm run -s token -- --sub alice --groups eng)" ${gateway.url}/echo/hi\n\n` +
+      `  admin token  ${givenToken === undefined ? `${adminToken}   (new each start; set ZTGW_ADMIN_TOKEN to choose one)` : '(from ZTGW_ADMIN_TOKEN)'}\n` +
+      `  curl -o ztgw.cpuprofile -H "Authorization: Bearer ${shownToken}" "${gateway.adminUrl}/debug/profile/cpu?seconds=5"\n\n`,
   );
   superviseGateway(gateway, () => echo.close());
 }

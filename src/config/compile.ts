@@ -17,6 +17,7 @@ import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '..
 import { createDpopVerifier, DPOP_FAILURE_LABELS, type DpopFailureLabel } from '../identity/dpop.ts';
 import { compileForwardingPolicy, type ForwardingPolicy } from '../upstream/headers.ts';
 import { compileDenyList, type HeaderDenyList } from '../upstream/header-deny-list.ts';
+import { compileResponsePolicy } from '../upstream/response-headers.ts';
 import type { Services } from '../services.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
@@ -55,16 +56,18 @@ export interface CompileDeps {
   readonly now?: () => number;
 }
 
-function compileRoute(route: RouteConfig, config: Config, sharedDenyList: HeaderDenyList): CompiledRoute {
+function compileRoute(route: RouteConfig, config: Config, sharedDenyList: HeaderDenyList, logger: Logger): CompiledRoute {
   const upstream = new URL(route.upstream);
   const basePath = upstream.pathname.replace(/\/+$/, '');
+  const pathPrefix = canonicalPrefix(route.pathPrefix);
   return Object.freeze({
     name: route.name,
     hosts: route.hosts === undefined || route.hosts.includes('*') ? undefined : Object.freeze(route.hosts.map((h) => h.toLowerCase())),
-    pathPrefix: canonicalPrefix(route.pathPrefix),
+    pathPrefix,
     upstreamOrigin: upstream.origin,
     upstreamBasePath: basePath,
     stripPrefix: route.stripPrefix,
+    caseInsensitive: route.caseInsensitive,
     public: route.public,
     issuers: Object.freeze(route.issuers ?? config.identity.issuers.map((i) => i.name)),
     timeoutMs: route.timeoutMs ?? config.server.timeouts.upstreamMs,
@@ -77,6 +80,15 @@ function compileRoute(route: RouteConfig, config: Config, sharedDenyList: Header
       route.forwardHeaders.length === 0
         ? sharedDenyList
         : compileDenyList({ extra: denyExtra(config), allow: route.forwardHeaders }),
+    response: compileResponsePolicy({
+      routeName: route.name,
+      // As pipeline/route.ts upstreamPathFor builds upstream paths: "/" has nothing to strip.
+      mapping: { prefix: pathPrefix, strips: route.stripPrefix && pathPrefix !== '/' },
+      upstream: { origin: upstream.origin, basePath },
+      response: route.response,
+      bannerHeaders: config.server.bannerHeaders,
+      onMalformedCookie: (ctx, reason) => logger.debug({ reqId: ctx.id, route: route.name, reason }, 'malformed set-cookie dropped'),
+    }),
   });
 }
 
@@ -99,7 +111,7 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
   const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
   const issuers = frozen.identity.issuers.map((i) => compileIssuer(i, { configDir: deps.configDir }));
   const sharedDenyList = compileDenyList({ extra: denyExtra(frozen) });
-  const routes = frozen.routes.map((r) => compileRoute(r, frozen, sharedDenyList));
+  const routes = frozen.routes.map((r) => compileRoute(r, frozen, sharedDenyList, deps.logger));
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
   const dpop = frozen.identity.dpop;
   const signingKeys = await loadSigningKeys(frozen.assertion, deps.configDir, deps.services.ephemeralKey);

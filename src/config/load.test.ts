@@ -305,6 +305,66 @@ describe('parseConfig: semantic checks', () => {
     // Same prefix on different hosts is a legitimate split.
     expect(() => parseConfig(edit(text, 'B.example.com, a.example.com', 'c.example.com'), 'gw.yaml', {})).not.toThrow();
   });
+
+  it('rejects two routes whose prefixes differ only in case or a trailing slash', () => {
+    const upper = secondRoute('').replace('pathPrefix: /other/', 'pathPrefix: /Echo/');
+    const [issue, ...rest] = issuesOf(upper);
+    expect(rest).toEqual([]);
+    expect(issue).toMatchObject({ line: lineOf(upper, '/Echo/'), field: 'routes[1].pathPrefix' });
+    expect(issue?.message).toMatch(/route "echo" .*differs from its "\/echo\/" only in case/);
+    const slash = secondRoute('').replace('pathPrefix: /other/', 'pathPrefix: /echo');
+    expect(issuesOf(slash)[0]?.message).toContain('one of them can never match');
+  });
+
+  it('reads caseInsensitive on a route, off by default', () => {
+    const config = parseConfig(secondRoute('    caseInsensitive: true\n'), 'gw.yaml', {});
+    expect(config.routes.map((r) => r.caseInsensitive)).toEqual([false, true]);
+  });
+});
+
+describe('parseConfig: route hosts', () => {
+  const withHosts = (...hosts: string[]) => edit(MINIMAL, '    pathPrefix: /echo/', `    hosts:\n${hosts.map((h) => `      - ${JSON.stringify(h)}\n`).join('')}    pathPrefix: /echo/`);
+
+  it.each([
+    ['example.com:8443', 'hosts entries have no port: put the port in server.publicOrigins'],
+    ['[::1]:8443', 'hosts entries have no port: put the port in server.publicOrigins'],
+    ['example.com.', 'hosts entries have no trailing dot'],
+    ['https://example.com', 'hosts entries are host names, not URLs: leave out the scheme'],
+    ['example.com/api', 'hosts entries have no path: put the path in pathPrefix'],
+    ['my_host.internal', 'hosts entries are host names (letters, digits, "-" between dots'],
+    ['::1', 'write an IPv6 address in brackets'],
+    ['*', 'leave hosts out to answer any host'],
+    ['api.*.example.com', '"*" only as the whole first label'],
+  ])('refuses %j at its file:line, saying what to write instead', (host, message) => {
+    const text = withHosts('ok.example.com', host);
+    const [issue, ...rest] = issuesOf(text);
+    expect(rest).toEqual([]);
+    expect(issue).toMatchObject({ file: 'gw.yaml', line: lineOf(text, JSON.stringify(host)), field: 'routes[0].hosts[1]' });
+    expect(issue?.message).toContain(message);
+    expect(formatIssue(issue!)).toMatch(/^gw\.yaml:\d+:\d+: routes\[0\]\.hosts\[1\]: /);
+  });
+
+  it('accepts names, wildcards, IPv4 and bracketed IPv6; upper case is normalised when compiled, not refused', () => {
+    const config = parseConfig(withHosts('API.Example.com', '*.example.com', '10.0.0.5', '[::1]'), 'gw.yaml', {});
+    expect(config.routes[0]?.hosts).toEqual(['API.Example.com', '*.example.com', '10.0.0.5', '[::1]']);
+  });
+
+  it('explains the same typos in server.admin.hosts', () => {
+    const text = edit(MINIMAL, '  listen: { port: 8080 }\n', '  listen: { port: 8080 }\n  admin:\n    hosts: ["metrics.internal:9090"]\n');
+    const [issue] = issuesOf(text);
+    expect(issue).toMatchObject({ line: lineOf(text, 'metrics.internal'), field: 'server.admin.hosts[0]' });
+    expect(issue?.message).toContain('have no port');
+  });
+
+  it('refuses response.setHeaders that frame the message or are the gateway\'s own, at their line', () => {
+    const text = edit(MINIMAL, '    upstream: http://127.0.0.1:8081\n', '    upstream: http://127.0.0.1:8081\n    response:\n      setHeaders:\n        Content-Security-Policy: "default-src \'none\'"\n        Content-Length: "0"\n        X-Request-Id: mine\n');
+    const issues = issuesOf(text);
+    expect(issues.map((i) => [i.line, i.field])).toEqual([
+      [lineOf(text, 'Content-Length'), 'routes[0].response.setHeaders["Content-Length"]'],
+      [lineOf(text, 'X-Request-Id'), 'routes[0].response.setHeaders["X-Request-Id"]'],
+    ]);
+    expect(issues[0]!.message).toContain('cannot set Content-Length');
+  });
 });
 
 describe('ConfigError and formatIssue', () => {

@@ -9,7 +9,7 @@ import formats from 'ajv-formats';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import { formatPath, keyName, offsetOf, toPath } from './yaml-path.ts';
 import { jsonSchema, type Config } from './schema.ts';
-import { checkSemantics, type ConfigPath } from './semantics.ts';
+import { checkSemantics, explainRefusedPattern, type ConfigPath } from './semantics.ts';
 
 export interface ConfigIssue {
   file: string;
@@ -212,6 +212,8 @@ function describe(e: ErrorObject, data: unknown): Finding {
       return { field: path, at: path, message: `must be ${JSON.stringify(p.allowedValue)}` };
     case 'format':
       return { field: path, at: path, message: `must be a valid ${String(p.format)}` };
+    case 'pattern':
+      return { field: path, at: path, message: explainRefusedPattern(path, e.data) ?? e.message ?? e.keyword };
     case 'uniqueItems':
       return { field: [...path, Number(p.i)], at: [...path, Number(p.i)], message: `duplicate of item ${String(p.j)}` };
     default:

@@ -42,7 +42,7 @@ const RouteResponse = Type.Object(
     }),
     setHeaders: Type.Record(HeaderName, Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$' }), {
       default: {},
-      description: 'Headers the gateway sets on this route\'s responses (replacing the upstream\'s), e.g. strict-transport-security or content-security-policy.',
+      description: 'Headers the gateway sets on this route\'s responses (replacing the upstream\'s), e.g. strict-transport-security or content-security-policy. Not framing or hop-by-hop headers (content-length, transfer-encoding, connection…) nor x-request-id.',
     }),
   },
   { ...Strict, default: {}, description: 'What this route\'s upstream may send back to clients.' },

@@ -3,11 +3,14 @@
 // returns paths rather than positions, so it stays independent of YAML; load.ts maps
 // each path back to a line and column.
 import { readFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { resolve } from 'node:path';
 import proxyaddr from 'proxy-addr';
 import type { Config, IssuerConfig, RouteConfig } from './schema.ts';
 import { isCredentialHeader } from '../policy/record-limits.ts';
 import { unforwardable } from '../upstream/header-deny-list.ts';
+import { NOT_SETTABLE } from '../upstream/response-headers.ts';
+import { canonicalPrefix } from '../pipeline/route.ts';
 
 export type ConfigPath = (string | number)[];
 export interface SemanticIssue {
@@ -31,11 +34,46 @@ export function checkSemantics(config: Config, baseDir: string): SemanticIssue[]
     ...readableFiles(config, baseDir),
     ...recordedHeaders(config),
     ...forwardHeaders(config),
+    ...settableHeaders(config.routes),
     ...publicOrigins(config.server.publicOrigins),
     ...('redis' in config.devices.registry && config.redis === undefined
       ? [{ path: ['devices', 'registry', 'redis'], message: 'a Redis device registry needs a top-level redis section' }]
       : []),
   ];
+}
+
+/**
+ * Why a host name the schema's pattern refused is wrong, in words (load.ts asks for every
+ * value a pattern refused; undefined keeps the validator's own wording). A host entry that is
+ * a typo would otherwise be a route that never matches, so the schema refuses it, and the
+ * common typos get a message that says what to write instead. Upper case is not one of them:
+ * host names compare case-insensitively (RFC 4343) and are lower-cased when compiled.
+ */
+export function explainRefusedPattern(path: ConfigPath, value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const [a, , b, c] = path;
+  if (a === 'routes' && b === 'hosts' && path.length === 4) {
+    return hostNameMistake(value, { what: 'hosts entries', port: 'put the port in server.publicOrigins', path: 'put the path in pathPrefix' });
+  }
+  if (a === 'server' && path[1] === 'admin' && b === 'hosts') {
+    return hostNameMistake(value, { what: 'admin.hosts entries', port: 'the admin plane compares Host without its port', path: 'the admin plane has fixed paths' });
+  }
+  if (a === 'routes' && b === 'response' && c === 'cookieDomain') {
+    return hostNameMistake(value, { what: 'cookieDomain values', port: 'a cookie Domain has none', path: 'a cookie Domain has none' });
+  }
+  return undefined;
+}
+
+function hostNameMistake(value: string, hint: { what: string; port: string; path: string }): string {
+  const { what } = hint;
+  if (/^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(value)) return `${what} are host names, not URLs: leave out the scheme (and any port or path)`;
+  if (isIPv6(value)) return `${what}: write an IPv6 address in brackets, as a Host header carries it ([::1])`;
+  if (/:[0-9]*$/.test(value)) return `${what} have no port: ${hint.port}`;
+  if (value.includes('/')) return `${what} have no path: ${hint.path}`;
+  if (value.endsWith('.')) return `${what} have no trailing dot: write the name without it (a client's trailing dot is dropped before matching)`;
+  if (value === '*') return `"*" alone is not a host name: leave hosts out to answer any host`;
+  if (value.includes('*')) return `${what}: "*" only as the whole first label, as in "*.example.com"`;
+  return `${what} are host names (letters, digits, "-" between dots; "*." in front for subdomains), IPv4 addresses or bracketed IPv6 addresses`;
 }
 
 /** A route may forward a denied header, never one the gateway writes or a hop-by-hop one. */
@@ -48,6 +86,18 @@ function forwardHeaders(config: Config): SemanticIssue[] {
 }
 
 /** Each origin is scheme://host[:port], nothing more: it is compared with what clients send. */
+/** response.setHeaders cannot set what frames the message, belongs to one connection, or is the gateway's own. */
+function settableHeaders(routes: readonly RouteConfig[]): SemanticIssue[] {
+  return routes.flatMap((route, i) =>
+    Object.keys(route.response.setHeaders)
+      .filter((name) => NOT_SETTABLE.has(name.toLowerCase()))
+      .map((name) => ({
+        path: ['routes', i, 'response', 'setHeaders', name],
+        message: `cannot set ${name}: it frames the message, belongs to one connection, or is the gateway's own`,
+      })),
+  );
+}
+
 function publicOrigins(origins: readonly string[]): SemanticIssue[] {
   return origins.flatMap((origin, i) => {
     let url: URL;
@@ -117,21 +167,30 @@ function routeIssuers(config: Config): SemanticIssue[] {
   });
 }
 
-// Two routes with the same hosts and prefix make the second unreachable, silently.
+// Two routes with the same hosts and prefix make the second unreachable, silently. Prefixes
+// that differ only in case are refused too: a case-insensitive upstream cannot tell their
+// paths apart, and the router refuses a path whose route would change if case were ignored
+// (pipeline/route.ts), so one of them could only ever be reached by its exact spelling.
 function duplicateMatches(routes: readonly RouteConfig[]): SemanticIssue[] {
   const seen = new Map<string, number>();
   const issues: SemanticIssue[] = [];
   routes.forEach((route, i) => {
     // Host names compare case-insensitively; no hosts (any host) is its own key, `null`.
     const hosts = route.hosts ? [...new Set(route.hosts.map((h) => h.toLowerCase()))].sort() : null;
-    const key = JSON.stringify([hosts, route.pathPrefix]);
+    const prefix = canonicalPrefix(route.pathPrefix);
+    const key = JSON.stringify([hosts, prefix.toLowerCase()]);
     const first = seen.get(key);
     if (first === undefined) seen.set(key, i);
-    else
+    else {
+      const other = routes[first]!;
+      const sameCase = canonicalPrefix(other.pathPrefix) === prefix;
       issues.push({
         path: ['routes', i, 'pathPrefix'],
-        message: `same hosts and pathPrefix as route "${routes[first]?.name}"; one of them can never match`,
+        message: sameCase
+          ? `same hosts and pathPrefix as route "${other.name}"; one of them can never match`
+          : `same hosts as route "${other.name}" and a pathPrefix that differs from its "${other.pathPrefix}" only in case; an upstream that ignores case cannot tell them apart`,
       });
+    }
   });
   return issues;
 }

@@ -29,7 +29,9 @@ export interface AccessRecord {
 export type AccessRecorder = (record: AccessRecord) => void;
 
 function decisionOf(status: number, error: ZtError | undefined, routed: boolean): Decision {
-  if (error === undefined) return status >= 500 && !routed ? 'error' : 'allow';
+  // An upstream's own 5xx, its body replaced by the gateway's problem (ERR_UPSTREAM_ERROR):
+  // the request was allowed and forwarded, as when the upstream's body is passed.
+  if (error === undefined || error.code === 'ERR_UPSTREAM_ERROR') return status >= 500 && !routed ? 'error' : 'allow';
   return status === 401 || status === 403 ? 'deny' : 'error';
 }
 

@@ -26,6 +26,10 @@ export interface GatewayMetrics {
   readonly policyRuleErrors: LeanCounter<'policy' | 'rule'>;
   readonly policyReloads: Counter<'result'>;
   readonly decisionLinesSuppressed: Counter;
+  /** TLS connections closed for trying to renegotiate (tls-renegotiation.ts). */
+  readonly tlsRenegotiationsRefused: Counter;
+  /** Admin-plane requests refused: host (a foreign Host: DNS rebinding), origin (a web page elsewhere), token, bad_host. */
+  readonly adminRefusals: Counter<'reason'>;
 }
 
 export function createMetrics(): GatewayMetrics {
@@ -106,6 +110,17 @@ export function createMetrics(): GatewayMetrics {
     decisionLinesSuppressed: new Counter({
       name: 'ztgw_decision_lines_suppressed_total',
       help: 'Decision lines not written because their principal was over its line budget (policies.decisionLog.perPrincipalPerSecond); the next line written for that principal carries "suppressed".',
+      registers,
+    }),
+    adminRefusals: new Counter({
+      name: 'ztgw_admin_refusals_total',
+      help: 'Admin-plane requests refused, by reason: host (Host not one the admin plane answers: DNS rebinding), origin (a foreign Origin or Sec-Fetch-Site: a web page elsewhere), token (missing or wrong admin token), bad_host (missing, repeated or malformed Host).',
+      labelNames: ['reason'],
+      registers,
+    }),
+    tlsRenegotiationsRefused: new Counter({
+      name: 'ztgw_tls_renegotiations_refused_total',
+      help: 'Data-plane TLS connections closed because the client tried to renegotiate (TLS 1.2): an old client or a handshake-flooding one.',
       registers,
     }),
     configReloads: new Counter({

@@ -1,9 +1,10 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { hash, randomUUID } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { DevicePosture } from '../identity/devices/registry.ts';
 import type { Decision } from '../policy/evaluate.ts';
 import type { HeaderDenyList } from '../upstream/header-deny-list.ts';
+import type { ResponsePolicy } from '../upstream/response-headers.ts';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -17,6 +18,8 @@ export interface CompiledRoute {
   /** Path of the upstream base URL without trailing slash ("" for none). */
   readonly upstreamBasePath: string;
   readonly stripPrefix: boolean;
+  /** The upstream reads paths ignoring case: matched ignoring ASCII case, policies see the path lower-cased. */
+  readonly caseInsensitive: boolean;
   readonly public: boolean;
   /** Issuer names accepted on this route. */
   readonly issuers: readonly string[];
@@ -28,6 +31,8 @@ export interface CompiledRoute {
   readonly forwardAuthorization: boolean;
   /** Client headers neither forwarded nor shown to the policy (deny list minus forwardHeaders). */
   readonly denyList: HeaderDenyList;
+  /** What the upstream's responses may carry to clients, and which cookies it gets (routes[].response). */
+  readonly response: ResponsePolicy;
 }
 
 /** What the gateway knows about the device a request came from; what policies will read. */
@@ -150,27 +155,25 @@ interface ClientCert {
 const NO_CERT: ClientCert = Object.freeze({ thumbprint: undefined, untrusted: false });
 const UNTRUSTED_CERT: ClientCert = Object.freeze({ thumbprint: undefined, untrusted: true });
 
-// One certificate per TLS connection: hash it once, not on every keep-alive request.
-const clientCerts = new WeakMap<object, ClientCert>();
-
 /**
  * RFC 8705 §3.1 x5t#S256 of a client certificate the handshake verified against the device
  * CA. The listener asks for a certificate without refusing the handshake, so a certificate
  * that failed verification is noted as such: "untrusted", never "bound to another one".
+ * Read from the TLS session on every request, never remembered per socket: what binds a
+ * request is the certificate of the session it came on (a memo from the connection's first
+ * handshake would outlive a renegotiation). About 5 µs here (getPeerX509Certificate, its DER,
+ * SHA-256), against ~50 µs for getPeerCertificate(), which builds every field as a JS object.
+ * `authorized` is set once, at the handshake: right only because the listener refuses
+ * renegotiation (tls-renegotiation.ts), so there is no later handshake it could miss.
  */
 function clientCert(socket: IncomingMessage['socket']): ClientCert {
   if (!('encrypted' in socket)) return NO_CERT;
-  let known = clientCerts.get(socket);
-  if (known !== undefined) return known;
   const tlsSocket = socket as TLSSocket;
-  const cert = tlsSocket.getPeerCertificate();
-  // An empty object when the client sent none.
-  const raw = cert?.raw as Buffer | undefined;
-  if (raw === undefined) known = NO_CERT;
-  else if (!tlsSocket.authorized) known = UNTRUSTED_CERT;
-  else known = Object.freeze({ thumbprint: createHash('sha256').update(raw).digest('base64url'), untrusted: false });
-  clientCerts.set(socket, known);
-  return known;
+  // undefined when the client sent none (or the listener asked for none).
+  const cert = tlsSocket.getPeerX509Certificate();
+  if (cert === undefined) return NO_CERT;
+  if (!tlsSocket.authorized) return UNTRUSTED_CERT;
+  return { thumbprint: hash('sha256', cert.raw, 'base64url'), untrusted: false };
 }
 
 export function newContext(raw: IncomingMessage, id: string, isUpgrade: boolean): RequestContext {

@@ -30,9 +30,57 @@ export function sortRoutes(routes: readonly CompiledRoute[]): readonly CompiledR
   );
 }
 
-export function matchRoute(sorted: readonly CompiledRoute[], host: string, path: string): CompiledRoute | undefined {
-  for (const route of sorted) {
-    if (pathHasPrefix(path, route.pathPrefix) && hostMatches(route.hosts, host)) return route;
+interface RouteEntry {
+  readonly route: CompiledRoute;
+  /** What the path is compared with: the prefix, lower-cased on a case-insensitive route (which compares the lower-cased path). */
+  readonly prefix: string;
+  /** The prefix lower-cased: how an upstream that ignores case reads it. */
+  readonly folded: string;
+}
+
+/** The routes as the router walks them, most specific first; built once per Runtime. */
+export interface RouteTable {
+  readonly entries: readonly RouteEntry[];
+  /** No prefix has a letter: case never changes which route a path matches, and nothing is checked. */
+  readonly caseBlind: boolean;
+  /** A case-sensitive route's prefix has an upper-case letter: every path is checked, not only those with one. */
+  readonly upperPrefix: boolean;
+}
+
+const hasLetter = (s: string): boolean => /[A-Za-z]/.test(s);
+
+const hasUpperCase = (s: string): boolean => s.toLowerCase() !== s;
+
+export function compileRouteTable(routes: readonly CompiledRoute[]): RouteTable {
+  const entries = sortRoutes(routes).map((route) => {
+    const folded = route.pathPrefix.toLowerCase();
+    return Object.freeze({ route, prefix: route.caseInsensitive ? folded : route.pathPrefix, folded });
+  });
+  return Object.freeze({
+    entries: Object.freeze(entries),
+    caseBlind: !routes.some((r) => hasLetter(r.pathPrefix)),
+    upperPrefix: routes.some((r) => !r.caseInsensitive && hasUpperCase(r.pathPrefix)),
+  });
+}
+
+/**
+ * The first (most specific) route for host and path. A case-insensitive route compares
+ * `lowered`, the path in lower case; the others compare the path as it is. Paths are ASCII
+ * here (hygiene refuses anything else raw), so lower-casing keeps every offset.
+ */
+export function matchRoute(table: RouteTable, host: string, path: string, lowered = path): CompiledRoute | undefined {
+  const entries = table.entries;
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i]!;
+    if (pathHasPrefix(entry.route.caseInsensitive ? lowered : path, entry.prefix) && hostMatches(entry.route.hosts, host)) return entry.route;
+  }
+  return undefined;
+}
+
+/** The route an upstream that ignores case would think the path is for: every prefix compared ignoring case. */
+function matchIgnoringCase(table: RouteTable, host: string, lowered: string): CompiledRoute | undefined {
+  for (const { route, folded } of table.entries) {
+    if (pathHasPrefix(lowered, folded) && hostMatches(route.hosts, host)) return route;
   }
   return undefined;
 }
@@ -62,18 +110,30 @@ export function withoutPathParameters(path: string): string {
 
 // A linear scan over a handful of routes is cheaper than any index; revisit with hundreds.
 export function createRouteStage(routes: readonly CompiledRoute[]): Stage {
-  const sorted = sortRoutes(routes);
+  const table = compileRouteTable(routes);
   return (ctx: RequestContext) => {
-    const route = matchRoute(sorted, ctx.host, ctx.path);
+    const path = ctx.path;
+    // Paths are case-sensitive (RFC 3986 §6.2.2.1), but Express (by default), ASP.NET and IIS
+    // read `/ADMIN/x` as `/admin/x`: sent to the route `/` matched, such an upstream serves
+    // the `/admin` route's resource under another route's policy. So a path whose route would
+    // change if case were ignored is refused, and a route whose upstream ignores case
+    // (caseInsensitive) matches ignoring case. Only a path with an upper-case letter (or a
+    // prefix with one) can differ: the rest pay one lower-casing of the path, which is also
+    // the upper-case test (cheap: V8 hands back the same string when nothing changes).
+    const lowered = table.caseBlind ? path : path.toLowerCase();
+    const foldable = lowered !== path || table.upperPrefix;
+    const route = matchRoute(table, ctx.host, path, lowered);
     // `/admin;x/secret` is `/admin/secret` to Tomcat: if an upstream reading path parameters
     // that way would be served by another route's prefix, the route the gateway chose (and the
     // policy that decides on it) is not the one the upstream serves. Dot segments never get
     // here (hygiene refuses them), so this is the one way left for a path to change routes.
-    if (ctx.path.includes(';') && matchRoute(sorted, ctx.host, withoutPathParameters(ctx.path)) !== route) {
-      throw new BadPathError('path parameters cross a route prefix');
+    if (path.includes(';')) {
+      const bare = withoutPathParameters(path);
+      if (matchRoute(table, ctx.host, bare, bare.toLowerCase()) !== route) throw new BadPathError('path parameters cross a route prefix');
     }
-    if (route === undefined) throw new RouteNotFoundError(`no route for ${ctx.host}${ctx.path}`);
+    if (foldable && matchIgnoringCase(table, ctx.host, lowered) !== route) throw new BadPathError('path differs from a route prefix only in case');
+    if (route === undefined) throw new RouteNotFoundError(`no route for ${ctx.host}${path}`);
     ctx.route = route;
-    ctx.upstreamPath = upstreamPathFor(route, ctx.path);
+    ctx.upstreamPath = upstreamPathFor(route, path);
   };
 }

@@ -103,7 +103,9 @@ export function toPolicyInput(ctx: RequestContext, now: Date): PolicyInput {
     request: {
       method: ctx.method,
       host: ctx.host,
-      path: ctx.path,
+      // On a route whose upstream ignores case, `/API/Admin` is `/api/admin` to it: conditions
+      // (and appliesTo.pathPrefixes) see it that way, so a rule written in lower case holds.
+      path: ctx.route?.caseInsensitive === true ? ctx.path.toLowerCase() : ctx.path,
       route: ctx.route?.name,
       ip: ctx.clientIp,
       headers: policyHeaders(ctx),

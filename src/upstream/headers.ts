@@ -4,11 +4,13 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { RequestContext } from '../pipeline/context.ts';
 import { HOP_BY_HOP } from './header-deny-list.ts';
+import { scopedCookieHeader } from './cookies.ts';
 
 /** RFC 6455 handshake fields, forwarded only on a relayed WebSocket handshake and its 101. */
 export const WEBSOCKET_HANDSHAKE = ['sec-websocket-key', 'sec-websocket-version', 'sec-websocket-protocol', 'sec-websocket-extensions', 'sec-websocket-accept'] as const;
 
-const NEVER_CROSSES = [
+/** Never cross the gateway in either direction (response-headers.ts drops them from every response). */
+export const NEVER_CROSSES: readonly string[] = [
   ...HOP_BY_HOP,
   // Expect: 100-continue is answered by the gateway itself (server.ts, after the pipeline);
   // undici refuses to send it, and the upstream gets the body without having to invite it.
@@ -37,7 +39,6 @@ export function compileForwardingPolicy(assertionHeader: string): ForwardingPoli
   return Object.freeze({ strip: new Set([...NEVER_CROSSES, assertionHeader]), assertionHeader });
 }
 
-const NEVER_CROSSES_SET: ReadonlySet<string> = new Set(NEVER_CROSSES);
 const CREDENTIALS: ReadonlySet<string> = new Set(['authorization', 'dpop']);
 
 /**
@@ -63,12 +64,19 @@ export function upstreamRequestHeaders(ctx: RequestContext, upstreamHost: string
   const dropCredentials = !route.forwardAuthorization;
   const deny = route.denyList;
   const obligations = ctx.obligationHeaders;
+  const cookieMarker = route.response.cookieMarker;
   const out: IncomingHttpHeaders = {};
   for (const name in ctx.headers) {
     if (policy.strip.has(name) || (listed !== undefined && listed.has(name))) continue;
     if (dropCredentials && CREDENTIALS.has(name)) continue; // upstreams get the assertion instead
     if (deny.denies(name)) continue; // the same test the policy input applies (policy/input.ts)
     if (obligations !== undefined && obligations.has(name)) continue; // only the deciding rule may set it
+    if (name === 'cookie' && cookieMarker !== undefined) {
+      // Only this route's cookies, under the names its upstream gave them (cookies.ts).
+      const own = scopedCookieHeader(ctx.headers.cookie!, cookieMarker);
+      if (own !== undefined) out.cookie = own;
+      continue;
+    }
     out[name] = ctx.headers[name];
   }
   if (ctx.headers.te === 'trailers') out.te = 'trailers'; // the one TE value that may pass
@@ -84,14 +92,27 @@ export function upstreamRequestHeaders(ctx: RequestContext, upstreamHost: string
   return out;
 }
 
-/** Upstream response headers as the client will see them. */
+/**
+ * Upstream response headers as the client will see them: the route's response policy
+ * (response-headers.ts, compiled once) drops, rewrites or passes each, one map lookup per
+ * header; then the route's own headers are set over the upstream's.
+ */
 export function clientResponseHeaders(ctx: RequestContext, headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const { rules, dropPrefix, setHeaders } = ctx.route!.response;
   const listed = connectionListed(headers.connection);
   const out: IncomingHttpHeaders = {};
   for (const name in headers) {
-    if (NEVER_CROSSES_SET.has(name) || (listed !== undefined && listed.has(name))) continue;
-    out[name] = headers[name];
+    const value = headers[name];
+    if (value === undefined || (listed !== undefined && listed.has(name))) continue;
+    const rule = rules.get(name);
+    if (rule === undefined) {
+      if (dropPrefix === undefined || !name.startsWith(dropPrefix)) out[name] = value;
+    } else if (rule !== 'drop') {
+      const rewritten = rule(value, ctx);
+      if (rewritten !== undefined) out[name] = rewritten;
+    }
   }
+  if (setHeaders !== undefined) for (const name in setHeaders) out[name] = setHeaders[name];
   out['x-request-id'] = ctx.id;
   return out;
 }

@@ -1,18 +1,58 @@
 // Stage 8: forward to the route's upstream with @fastify/reply-from (undici pools per
 // origin, bodies streamed both ways). Upstream failures are translated, never leaked:
-// timeout → 504, anything else without a response → 502 (fastify-reply-from lib/errors.js).
-import type { ServerResponse } from 'node:http';
+// timeout → 504, anything else without a response → 502 (fastify-reply-from lib/errors.js);
+// and an upstream's own 5xx becomes the gateway's problem document unless the route passes
+// error bodies (many internal APIs print stack traces and internal host names there).
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Agent, type Dispatcher } from 'undici';
 import type { RequestContext } from '../pipeline/context.ts';
-import { UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../pipeline/errors.ts';
+import { UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../pipeline/errors.ts';
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './headers.ts';
+import { errorResponseHeaders } from './response-headers.ts';
 
 export interface ForwardHooks {
   /** Upstream response headers arrived (for the upstream latency histogram). */
   onUpstreamResponse(ctx: RequestContext, request: FastifyRequest): void;
   /** No response came; the error is already translated. */
   onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply): void;
+  /** The upstream answered 5xx and the route replaces error bodies: answer with this problem instead. */
+  onUpstreamErrorResponse(ctx: RequestContext, error: UpstreamErrorResponse, reply: FastifyReply): void;
+}
+
+/** What reply-from hands its onResponse option (lib/request.js: undici's status, headers and body). */
+interface UpstreamResponse {
+  readonly statusCode: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly stream: Readable;
+}
+
+// rewriteHeaders is called before the status is known to anyone but undici: the response's
+// headers are chosen in onResponse instead, with the status, and reply-from copies nothing.
+const NO_HEADERS: IncomingHttpHeaders = Object.freeze({}) as IncomingHttpHeaders;
+
+/**
+ * Past this many bytes an unwanted upstream body is not read to its end: the connection is
+ * closed instead of kept for reuse. Most error pages are a few KiB; a huge one is not worth
+ * reading only to keep a socket.
+ */
+const DISCARD_MAX_BYTES = 64 * 1024;
+const ignore = (): void => {};
+
+/** Reads an upstream body nobody will see to its end, so its connection returns to the pool; or drops the connection if it is long. */
+function discard(body: Readable): void {
+  let seen = 0;
+  body.on('error', ignore); // nobody reads it: its failure (a 304's length mismatch, see respond) is nobody's concern
+  body.on('data', (chunk: Buffer) => {
+    seen += chunk.length;
+    if (seen > DISCARD_MAX_BYTES) body.destroy();
+  });
+}
+
+/** RFC 9110 §6.4.1: a 204 or 304, and any answer to HEAD, has no content whatever its headers say. */
+function hasNoContent(status: number, method: string): boolean {
+  return status === 204 || status === 304 || method === 'HEAD';
 }
 
 export function translateUpstreamError(error: { statusCode?: number; code?: string }): ZtError {
@@ -87,11 +127,43 @@ export function forward(reply: FastifyReply, ctx: RequestContext, policy: Forwar
       (out as Record<symbol, unknown>)[CLIENT_RESPONSE] = reply.raw;
       return out;
     },
-    rewriteHeaders: (headers, request) => {
+    rewriteHeaders: (_headers, request) => {
       hooks.onUpstreamResponse(ctx, request as FastifyRequest);
-      return clientResponseHeaders(ctx, headers);
+      return NO_HEADERS;
     },
+    onResponse: (request, _reply, response) => respond(ctx, request.method, reply, response as unknown as UpstreamResponse, hooks),
     onError: (errReply, { error }) =>
       hooks.onUpstreamError(ctx, translateUpstreamError(error as { statusCode?: number }), errReply as FastifyReply),
   });
+}
+
+/** The client's answer from the upstream's (reply-from has set the status, and Connection: close when the request body was not all read). */
+function respond(ctx: RequestContext, method: string, reply: FastifyReply, response: UpstreamResponse, hooks: ForwardHooks): void {
+  const { statusCode: status, headers, stream } = response;
+  // reply-from already answered (an upstream status outside 100-599 became a 502).
+  if (reply.sent) return discard(stream);
+  const policy = ctx.route!.response;
+  if (status >= 500 && policy.replaceErrorBodies) {
+    discard(stream);
+    const error = new UpstreamErrorResponse(`upstream answered ${status}`, { status, headers: errorResponseHeaders(status, headers, policy) });
+    return hooks.onUpstreamErrorResponse(ctx, error, reply);
+  }
+  const out = clientResponseHeaders(ctx, headers);
+  if (!hasNoContent(status, method)) {
+    reply.headers(out).send(stream);
+    return;
+  }
+  // No content to relay: the headers alone, Content-Length included for a 304 and HEAD
+  // (RFC 9110 §8.6: the length the content would have). Streaming the empty body instead
+  // turned a 304 with Content-Length into a 500: Fastify streams a 304's body like any other
+  // (it skips only 1xx and 204), and undici ends that body with a length-mismatch error, since
+  // it checks Content-Length against the bytes read for every response but a HEAD's
+  // (undici lib/dispatcher/client-h1.js onMessageComplete). undici closes that connection.
+  if (status === 204) {
+    // RFC 9110 §8.6: a 204 carries no Content-Length (Fastify dropped it, and Content-Type, on this path before).
+    delete out['content-length'];
+    delete out['content-type'];
+  }
+  discard(stream);
+  reply.headers(out).send();
 }

@@ -20,12 +20,13 @@ import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
 import { newContext, requestIdFor, type RequestContext } from '../pipeline/context.ts';
-import { BadRequestError, ClientClosedRequestError, ShuttingDownError, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../pipeline/errors.ts';
+import { BadRequestError, ClientClosedRequestError, ShuttingDownError, UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../pipeline/errors.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import type { AccessRecorder } from '../observability/access-log.ts';
 import { closeAfterWrite, responseHead, writeProblemToSocket } from '../observability/client-error.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { clientResponseHeaders, upstreamRequestHeaders, WEBSOCKET_HANDSHAKE, type ForwardingPolicy } from './headers.ts';
+import { errorResponseHeaders } from './response-headers.ts';
 
 export interface UpgradeOptions {
   readonly holder: RuntimeHolder;
@@ -198,6 +199,15 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     request.on('response', (res: IncomingMessage) => {
       settle();
       const status = res.statusCode ?? 502;
+      if (status >= 500 && route.response.replaceErrorBodies) {
+        // As for any proxied 5xx (proxy.ts): the gateway's problem, never the upstream's body,
+        // which is read and dropped; then the handshake's own connection closes, as after a
+        // relayed refusal.
+        res.once('end', () => request.destroy());
+        res.resume();
+        logger.warn({ reqId: ctx.id, route: route.name, status }, 'upstream error response replaced');
+        return refuse(attempt, client, new UpstreamErrorResponse(`upstream answered ${status}`, { status, headers: errorResponseHeaders(status, res.headers, route.response) }));
+      }
       relayDeclined(ctx, res, client, () => {
         closeAfterWrite(client);
         request.destroy();

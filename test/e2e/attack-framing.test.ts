@@ -34,15 +34,17 @@ let jwks: Awaited<ReturnType<typeof serveJwks>>;
 let gw: TestGateway;
 let dir: string;
 let token: string;
+const ADMIN_TOKEN = 'framing-test-admin-token-0123456789abcdef';
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ztgw-framing-'));
   writeFileSync(join(dir, 'echo.yaml'), POLICY);
+  writeFileSync(join(dir, 'admin-token'), ADMIN_TOKEN); // profiling needs the admin token
   echo = await startEchoServer();
   idp = await createIssuer({ issuer: ISS });
   jwks = await serveJwks(() => idp.publicJwks());
   gw = await startTestGateway({
-    server: { profiling: true, limits: { maxBodyBytes: MAX_BODY, maxHeaderBytes: 4096 }, timeouts: { headersMs: 1000, requestMs: 2000 } },
+    server: { profiling: true, admin: { tokenFile: join(dir, 'admin-token') }, limits: { maxBodyBytes: MAX_BODY, maxHeaderBytes: 4096 }, timeouts: { headersMs: 1000, requestMs: 2000 } },
     identity: { issuers: [{ name: 'corp', issuer: ISS, audiences: [AUD], algorithms: ['ES256'], jwksUrl: jwks.url }] },
     routes: [{ name: 'echo', pathPrefix: '/echo/', upstream: echo.url }],
     policies: { dir },
@@ -268,7 +270,7 @@ describe('the admin plane', () => {
     expect(notFound.status).toBe(404);
     expect(notFound.headers['content-type']).toMatch(/^application\/problem\+json(;|$)/);
     expect(notFound.json()).toMatchObject({ code: 'ERR_ROUTE_NOT_FOUND', requestId: notFound.headers['x-request-id'] });
-    const bad = await rawRequest(gw.adminUrl, '/debug/profile/cpu?seconds=999');
+    const bad = await rawRequest(gw.adminUrl, '/debug/profile/cpu?seconds=999', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(bad.status).toBe(400);
     expect(bad.json()).toMatchObject({ code: 'ERR_BAD_REQUEST', requestId: expect.stringMatching(/\S/) });
     const method = await rawRequest(gw.adminUrl, '/metrics', { method: 'DELETE' });

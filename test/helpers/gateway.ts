@@ -18,7 +18,7 @@ export async function startTestGateway(config: Record<string, unknown>, opts: { 
     server: {
       ...(config.server as object),
       listen: { host: '127.0.0.1', port: 0 },
-      admin: { host: '127.0.0.1', port: 0 },
+      admin: { ...(config.server as { admin?: object } | undefined)?.admin, host: '127.0.0.1', port: 0 },
     },
   };
   const dir = opts.dir ?? process.cwd();
