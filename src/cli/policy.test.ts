@@ -182,6 +182,21 @@ describe('ztgw policy validate', () => {
     ]);
   });
 
+  it('warns, with the position, about matches() over what the client sends; exit 0', async () => {
+    const when = 'request.path.matches("^/api/v[0-9]+/") && request.headers.exists(h, h.matches("^x-debug"))';
+    const dir = fixture({ 'regex.yaml': `${POLICY}  - name: versioned\n    effect: deny\n    when: '${when}'\n` });
+    const r = await run('validate', dir);
+    expect(r.code).toBe(0);
+    const warnings = r.err.trimEnd().split('\n');
+    expect(warnings).toEqual([
+      expect.stringMatching(new RegExp(`^warning: ${dir}/regex\\.yaml:9:11: rules\\[1\\]\\.when: at 1:13 of the condition: matches\\(\\) on request\\.path, which the client controls: a string over 1024 characters is an error`)),
+      expect.stringMatching(/at 1:70 of the condition: matches\(\) on "h" \(from request data\), which the client controls/),
+    ]);
+    // Over what the IdP signed, it is no concern of the client's.
+    const quiet = fixture({ 'regex.yaml': `${POLICY}  - name: mail\n    effect: allow\n    when: 'identity.sub.matches("^[a-z]+@example\\\\.com$")'\n` });
+    expect(await run('validate', quiet)).toMatchObject({ code: 0, err: '' });
+  });
+
   it('a missing directory is exit 2', async () => {
     const r = await run('validate', join(tmp, 'nope'));
     expect(r).toMatchObject({ code: 2, err: `${join(tmp, 'nope')}:1:1: cannot read directory (ENOENT)\n` });
@@ -328,6 +343,45 @@ describe('ztgw policy explain', () => {
     expect(r.out).toContain('\neffect: allow\n');
   });
 
+  it('an input with a key named constructor, toString or __proto__ is exit 2, naming the key, never a stack trace', async () => {
+    const line = { level: 30, log: 'decision', reqId: 'r1', effect: 'deny', rules: [], policySet: 'abc', input: CTX };
+    const request = JSON.stringify(REQUEST);
+    // JSON text, as a person or a log would write it: "__proto__" is then an own key.
+    const cases: [string, string][] = [
+      ['constructor', JSON.stringify(CTX).replace(request, request.replace('{', '{"constructor":"x",'))],
+      ['toString', JSON.stringify({ ...CTX, marker: 1 }).replace('"marker"', '"toString"')],
+      ['__proto__', JSON.stringify({ ...CTX, identity: { sub: 'alice', marker: { groups: ['admin'] } } }).replace('"marker"', '"__proto__"')],
+      ['line', JSON.stringify({ ...line, marker: 1 }).replace('"marker"', '"constructor"')],
+    ];
+    const ctx = fixture(Object.fromEntries(cases.map(([name, text]) => [`${name}.json`, text])));
+    const results = await Promise.all(cases.map(([name]) => run('explain', '--input', join(ctx, `${name}.json`), EXAMPLES)));
+    const known = 'known: method, host, path, route, ip, headers, time';
+    expect(results).toEqual([
+      { code: 2, out: '', err: `${ctx}/constructor.json: request.constructor: unknown field "constructor" (${known})\n` },
+      { code: 2, out: '', err: `${ctx}/toString.json: toString: unknown field "toString" (known: request, identity, device, risk)\n` },
+      {
+        code: 2,
+        out: '',
+        err: `${ctx}/__proto__.json: identity.__proto__: unknown field "__proto__" (known: sub, issuer, groups, claims, amr, acr, auth_time)\n`,
+      },
+      { code: 2, out: '', err: `${ctx}/line.json: constructor: "constructor" is not a field of a decision record or a log line\n` },
+    ]);
+  });
+
+  it('claims are JSON as the token carried them: prototype names and "$typeName" are data, read as CEL reads them', async () => {
+    const policies = fixture({
+      'p.yaml': `${POLICY}  - name: claims-admin\n    effect: allow\n    when: 'identity.claims.role.value == true && identity.claims.__proto__.admin == true'\n`,
+    });
+    const claims = '{"role": {"$typeName": "google.protobuf.BoolValue", "value": true}, "__proto__": {"admin": true}}';
+    const ctx = fixture({ 'ctx.json': `{"request": ${JSON.stringify(REQUEST)}, "identity": {"sub": "mallory", "claims": ${claims}}}` });
+    const r = await run('explain', policies, '--input', join(ctx, 'ctx.json'), '--json');
+    expect(r.code).toBe(0);
+    const x = JSON.parse(r.out) as { effect: string; policies: { rules: { rule: string; outcome: string }[] }[] };
+    // To @bufbuild/cel a "$typeName" object is a protobuf message: role is `true`, so role.value is an error, which never grants.
+    expect(x.policies[0]!.rules.find((rule) => rule.rule === 'claims-admin')).toMatchObject({ outcome: 'error' });
+    expect(x.effect).toBe('deny');
+  });
+
   it('an input that is not a PolicyInput is exit 2, naming the field', async () => {
     const ctx = fixture({ 'ctx.json': JSON.stringify({ ...CTX, request: { ...REQUEST, time: 'Monday' } }), 'bad.json': '{' });
     const r = await run('explain', '--input', join(ctx, 'ctx.json'), EXAMPLES);
@@ -381,7 +435,8 @@ describe('ztgw policy replay', () => {
     const log = join(dir, 'decisions.jsonl');
     const policies = candidate();
     const r = await run('replay', '--log', log, '--policies', policies);
-    expect(r.code).toBe(0);
+    // The damaged record on line 8 is reported and skipped; the others are compared, and exit 2 says one was left out.
+    expect(r.code).toBe(2);
     expect(r.err).toContain(`${log}:8: input.request.time: expected an RFC 3339 time`);
     const lines = r.out.split('\n');
     expect(lines.slice(0, 4)).toEqual([
@@ -402,7 +457,7 @@ describe('ztgw policy replay', () => {
   it('--json', async () => {
     const dir = fixture({ 'decisions.jsonl': decisions() });
     const r = await run('replay', '--json', '--log', join(dir, 'decisions.jsonl'), '--policies', candidate());
-    expect(r.code).toBe(0);
+    expect(r.code).toBe(2);
     const report = JSON.parse(r.out) as Record<string, unknown>;
     expect(report).toMatchObject({
       records: 4,
@@ -421,6 +476,50 @@ describe('ztgw policy replay', () => {
     const dir = fixture({ 'decisions.jsonl': decisions() });
     const r = await run('replay', '--log', join(dir, 'decisions.jsonl'), '--policies', EXAMPLES);
     expect(r.out).toContain('  unchanged: 4\n  flipped: 0 (allow → deny 0, deny → allow 0, other 0)\n');
+  });
+
+  it('a log of readable records only is exit 0', async () => {
+    const dir = fixture({ 'decisions.jsonl': decisions().split('\n').slice(0, -2).join('\n') });
+    const r = await run('replay', '--log', join(dir, 'decisions.jsonl'), '--policies', EXAMPLES);
+    expect(r).toMatchObject({ code: 0, out: expect.stringContaining('invalid records: 0\n') });
+  });
+
+  // Keys that name members of Object.prototype once reached a table lookup as fields and
+  // crashed the tool with a stack trace (exit 1), losing the report on every other record.
+  it('a record with a key named constructor, toString or __proto__ is reported with its line and skipped, exit 2', async () => {
+    const good = decisions().split('\n')[0]!;
+    const record = JSON.parse(good) as { input: { request: Record<string, unknown> } };
+    const withKey = (at: 'record' | 'request', key: string) => {
+      // Written as JSON text: JSON.parse makes "__proto__" an own key, as in a log file.
+      const text = JSON.stringify({ ...record, marker: 1 });
+      return at === 'record'
+        ? text.replace('"marker":1', `${JSON.stringify(key)}:1`)
+        : text.replace('"method":', `${JSON.stringify(key)}:"x","method":`).replace(',"marker":1', '');
+    };
+    const lines = [
+      good,
+      withKey('record', 'constructor'),
+      withKey('record', 'toString'),
+      withKey('record', '__proto__'),
+      withKey('request', 'constructor'),
+      withKey('request', 'toString'),
+      withKey('request', '__proto__'),
+      good,
+    ];
+    const dir = fixture({ 'decisions.jsonl': `${lines.join('\n')}\n` });
+    const log = join(dir, 'decisions.jsonl');
+    const r = await run('replay', '--log', log, '--policies', EXAMPLES);
+    expect(r.code).toBe(2);
+    expect(r.err.split('\n').filter((l) => l.startsWith(log))).toEqual([
+      `${log}:2: constructor: "constructor" is not a field of a decision record or a log line`,
+      `${log}:3: toString: "toString" is not a field of a decision record or a log line`,
+      `${log}:4: __proto__: "__proto__" is not a field of a decision record or a log line`,
+      `${log}:5: input.request.constructor: unknown field "constructor" (known: method, host, path, route, ip, headers, time)`,
+      `${log}:6: input.request.toString: unknown field "toString" (known: method, host, path, route, ip, headers, time)`,
+      `${log}:7: input.request.__proto__: unknown field "__proto__" (known: method, host, path, route, ip, headers, time)`,
+    ]);
+    expect(r.err).not.toMatch(/\bat \S+:\d+:\d+\)?$/m); // no stack trace
+    expect(r.out).toContain('  decision records: 2, skipped lines: 0, invalid records: 6\n  unchanged: 2\n');
   });
 
   it('a candidate set that does not load, or a log that cannot be read, is exit 2', async () => {

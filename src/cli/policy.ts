@@ -1,7 +1,8 @@
 // `ztgw policy validate|test|explain|replay`: the security team's tools for policies/.
 // Exit codes follow ztgw: 0 ok, 1 a policy test failed, 2 bad input (usage, a policy set,
-// test file, input or log that does not load). Flips found by replay are information,
-// not failures: exit 0.
+// test file, input or log that does not load; a log with any record that cannot be read,
+// after the report on the others). Flips found by replay are information, not failures:
+// exit 0.
 //
 // Without --config there are no route, upstream or tier names to check policies against;
 // each unchecked reference is a warning line (on `err`), so that a typo cannot pass CI
@@ -14,7 +15,17 @@ import { ConfigError, formatIssue, loadConfigFile, type ConfigIssue } from '../c
 import { createEvaluator, type Decision, type ExplainedRule, type Explanation, type RuleRef } from '../policy/evaluate.ts';
 import type { PolicyInput } from '../policy/input.ts';
 import { loadPolicyDir, type KnownNames } from '../policy/load.ts';
-import { decisionFromJson, formatJsonPath, inputFromJson, inputToJson, PolicyInputError, type DecisionRecord } from '../policy/record.ts';
+import {
+  decisionFromJson,
+  formatJsonPath,
+  inputFromJson,
+  inputToJson,
+  PolicyInputError,
+  prototypeKeyIssues,
+  type DecisionRecord,
+  type InputIssue,
+  type JsonPath,
+} from '../policy/record.ts';
 import type { Effect } from '../policy/schema.ts';
 import type { PolicySet } from '../policy/set.ts';
 import { formatFailure, loadPolicyTests, runPolicyTests } from '../policy/testing.ts';
@@ -22,13 +33,15 @@ import { formatFailure, loadPolicyTests, runPolicyTests } from '../policy/testin
 export const POLICY_USAGE = `usage: ztgw policy <command> [options]
 
   validate [DIR]                 check every policy file; exit 0, or 2 with file:line:col: field: message
+                                 (warnings, such as matches() over what the client sends, go to stderr)
   test [DIR]                     run the policy tests in DIR/tests/*.yaml; exit 1 if any fails
   explain --input FILE [DIR] [--json]
                                  evaluate one input (PolicyInput JSON, or a decision log line) and show
                                  every rule that applies, whether it matched, and why the effect came out
   replay --log FILE [--policies DIR] [--json]
                                  re-evaluate every decision in a decision log (JSON lines) against the
-                                 policies in DIR and list the decisions that would change
+                                 policies in DIR and list the decisions that would change; a record
+                                 that cannot be read is reported with its line and skipped (exit 2)
 
   --config FILE   the gateway config the policies will run with: route and upstream names are
                   checked against it. Without it they are not checked, and each is a warning.
@@ -126,6 +139,7 @@ function loadSet(dir: string, gateway: GatewayContext, err: NodeJS.WritableStrea
     return undefined;
   }
   for (const u of result.unchecked ?? []) err.write(`warning: ${formatIssue(u)} (pass --config FILE to check it)\n`);
+  for (const w of result.warnings) err.write(`warning: ${formatIssue(w)}\n`);
   return result.set;
 }
 
@@ -187,15 +201,23 @@ function readInput(file: string): PolicyInput {
     throw new InputError(`${file}: cannot read the input (${why})`);
   }
   // A whole decision log line is accepted too: its input is what was decided on.
-  const record = value as { log?: unknown; input?: unknown } | null;
-  const input = typeof record === 'object' && record !== null && record.log === 'decision' && 'input' in record ? record.input : value;
+  const line = isDecisionLine(value) && Object.hasOwn(value, 'input') ? value : undefined;
+  const input = line === undefined ? value : line.input;
+  const issues = (bad: readonly InputIssue[], prefix: JsonPath) =>
+    new InputError(bad.map((i) => `${file}: ${formatJsonPath([...prefix, ...i.path]) || '(input)'}: ${i.message}`).join('\n'));
+  const damaged = line === undefined ? [] : prototypeKeyIssues(line);
+  if (damaged.length > 0) throw issues(damaged, []);
   try {
     return inputFromJson(input);
   } catch (e) {
     if (!(e instanceof PolicyInputError)) throw e;
-    const prefix = input === value ? [] : ['input'];
-    throw new InputError(e.issues.map((i) => `${file}: ${formatJsonPath([...prefix, ...i.path]) || '(input)'}: ${i.message}`).join('\n'));
+    throw issues(e.issues, line === undefined ? [] : ['input']);
   }
+}
+
+/** A JSON object with `"log": "decision"`: a line of the decision log. */
+function isDecisionLine(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && Object.hasOwn(value, 'log') && (value as { log: unknown }).log === 'decision';
 }
 
 function explain(args: string[], out: NodeJS.WritableStream, err: NodeJS.WritableStream): number {
@@ -353,21 +375,24 @@ async function replay(args: string[], out: NodeJS.WritableStream, err: NodeJS.Wr
       report.skipped++;
       continue;
     }
-    if (typeof value !== 'object' || value === null || (value as { log?: unknown }).log !== 'decision') {
+    if (!isDecisionLine(value)) {
       report.skipped++;
       continue;
     }
     let record: DecisionRecord;
     let input: PolicyInput;
+    let decision: Decision;
     try {
       ({ record, input } = decisionFromJson(value));
+      decision = evaluator.evaluate(input);
     } catch (e) {
-      if (!(e instanceof PolicyInputError)) throw e;
-      report.invalid.push({ line: lineNo, message: e.issues.map((i) => `${formatJsonPath(i.path)}: ${i.message}`).join('; ') });
+      // A record is the log's, not ours to trust: whatever is wrong with one, it is
+      // reported with its line and skipped, and the rest are still compared.
+      const message = e instanceof PolicyInputError ? e.issues.map((i) => `${formatJsonPath(i.path)}: ${i.message}`).join('; ') : `cannot be evaluated (${String(e)})`;
+      report.invalid.push({ line: lineNo, message });
       continue;
     }
     report.records++;
-    const decision = evaluator.evaluate(input);
     if (decision.effect === record.effect) {
       report.unchanged++;
       if (!sameRules(record.rules, decision.rules)) report.unchangedOtherRules++;
@@ -383,10 +408,11 @@ async function replay(args: string[], out: NodeJS.WritableStream, err: NodeJS.Wr
     });
   }
 
-  // Unreadable records are bad input, and never silently dropped from the comparison.
+  // Unreadable records are bad input, and never silently dropped from the comparison:
+  // the report covers the rest, and the exit code says that something was left out.
   for (const i of report.invalid) err.write(`${values.log}:${i.line}: ${i.message}\n`);
   out.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : replayText(report));
-  return 0;
+  return report.invalid.length > 0 ? 2 : 0;
 }
 
 const GROUPS: [FlipGroup, string][] = [

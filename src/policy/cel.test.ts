@@ -173,3 +173,102 @@ describe('conditions at run time', () => {
     expect(evaluate('identity.claims.department')).toEqual({ error: 'the condition gave string, not a bool' });
   });
 });
+
+// Names of Object.prototype members once reached the checker's field tables: the
+// condition passed (`has(request.toString)`) or the checker threw, which on a hot reload
+// ended the gateway's process.
+describe('compileCondition: names that JavaScript objects inherit are not fields', () => {
+  const MEMBERS = ['constructor', '__proto__', 'toString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf', 'propertyIsEnumerable', 'toLocaleString', '__defineGetter__'];
+
+  it.each(MEMBERS)('request.%s, identity.…, device.posture.…, has(…): a type error with its position, never a pass or a throw', (name) => {
+    const cases: [string, string, number][] = [
+      [`request.${name} == "x"`, 'request', 8],
+      [`identity.${name} == "x"`, 'identity', 9],
+      [`has(request.${name})`, 'request', 1],
+      [`device.posture.${name} == "x"`, 'device.posture', 15],
+      [`risk.${name} == 1.0`, 'risk', 5],
+    ];
+    for (const [source, object, col] of cases) {
+      expect(problems(source), source).toEqual([{ line: 1, col, kind: 'type', message: expect.stringContaining(`no field "${name}" in ${object} (fields: `) }]);
+    }
+    expect(problems(`${name} == 1`)).toEqual([expect.objectContaining({ kind: 'type', message: expect.stringContaining(`undeclared reference to "${name}"`) })]);
+    expect(problems(`request.path.${name}() == ""`)[0]!.message).toMatch(new RegExp(`no method "${name.replace(/_/g, '_')}"`));
+    expect(problems(`${name}(request.path)`)[0]!.message).toBe(`undeclared function "${name}"`);
+  });
+
+  it('inside maps and JSON claims they are keys like any other, read only when present', () => {
+    expect(compileCondition('request.headers.constructor == "x" && has(identity.claims.toString)').ok).toBe(true);
+    const claims = JSON.parse('{"__proto__": {"a": "b"}}') as Record<string, unknown>;
+    const input = { ...FULL, request: { ...FULL.request, headers: { constructor: 'x' } }, identity: { ...FULL.identity, claims } };
+    expect(evaluate('request.headers.constructor == "x"', input)).toBe(true);
+    expect(evaluate('has(request.headers.toString)', input)).toBe(false);
+    expect(evaluate('identity.claims["__proto__"].a == "b"', input)).toBe(true);
+    expect(evaluate('has(identity.claims.valueOf)', input)).toBe(false);
+    // @bufbuild/cel takes an object whose own "constructor" is not Object's for no map at
+    // all: every read of such claims is an error, which never grants.
+    const odd = { ...FULL, identity: { ...FULL.identity, claims: JSON.parse('{"constructor": "x", "a": "b"}') as Record<string, unknown> } };
+    expect(evaluate('identity.claims.a == "b"', odd)).toEqual({ error: expect.stringMatching(/Unsupported input/) });
+  });
+});
+
+describe('compileCondition: any text gives a result, never an exception', () => {
+  const TOO_DEEP = /nests too deeply \(at most 100 levels\)/;
+
+  it('deep nesting is a syntax problem, whether the parser or the checker would run out of stack', () => {
+    expect(problems(`${'('.repeat(500)}true${')'.repeat(500)}`)).toEqual([{ line: 1, col: 101, kind: 'syntax', message: expect.stringMatching(TOO_DEEP) }]);
+    expect(problems(`${'['.repeat(5000)}${']'.repeat(5000)} == []`)[0]!.message).toMatch(TOO_DEEP);
+    // No brackets, but a left-deep tree: `1 + 1 + … + 1` and long selection chains; past
+    // the limit whether or not a pass would run out of stack on it.
+    expect(problems(`${Array(150).fill('1').join(' + ')} > 0`)[0]).toMatchObject({ kind: 'syntax', message: expect.stringMatching(TOO_DEEP) });
+    expect(problems(`${Array(2000).fill('1').join(' + ')} > 0`)[0]).toMatchObject({ kind: 'syntax', message: expect.stringMatching(TOO_DEEP) });
+    expect(problems(`has(request${'.a'.repeat(3000)})`)[0]!.message).toMatch(TOO_DEEP);
+    expect(problems(`request.path${'.size()'.repeat(1)}${' + 0'.repeat(3000)} > 0`)[0]!.message).toMatch(TOO_DEEP);
+    // Up to the limit is fine, and brackets inside strings do not count.
+    expect(compileCondition(`${'('.repeat(90)}true${')'.repeat(90)}`).ok).toBe(true);
+    expect(compileCondition(`request.path == "${'('.repeat(500)}" && request.path != '${'['.repeat(500)}'`).ok).toBe(true);
+    // && and || chains are balanced by the parser: 1,000 terms are 11 levels.
+    expect(compileCondition(Array(1000).fill('request.method == "GET"').join(' || ')).ok).toBe(true);
+  });
+
+  it('huge literals: integers past 64 bits are a type error; text past 32,768 characters is refused before parsing', () => {
+    expect(problems(`${'9'.repeat(400)} > 0`)).toEqual([{ line: 1, col: 1, kind: 'type', message: 'integer literal out of range for a 64-bit int' }]);
+    expect(problems('9223372036854775808 > 0')[0]!.message).toMatch(/out of range/);
+    expect(compileCondition('9223372036854775807 > 0 && -9223372036854775808 < 0 && 18446744073709551615u > 0u').ok).toBe(true);
+    expect(problems('18446744073709551616u > 0u')[0]!.message).toBe('integer literal out of range for a 64-bit uint');
+    expect(problems(`request.path == "${'a'.repeat(32_768)}"`)[0]!.message).toBe('the condition is 32786 characters long, over the limit of 32768');
+    expect(evaluate(`request.path != "${'a'.repeat(32_000)}"`)).toBe(true);
+  });
+
+  it('empty, blank and odd text', () => {
+    for (const source of ['', ' ', '\n', '//', '"', "'''", '\\u0000', '\u0000', 'request.', '.', '}', 'r"', '@', '`', '\uD800', '🙂 == 1']) {
+      const r = compileCondition(source);
+      expect(r.ok, JSON.stringify(source)).toBe(false);
+    }
+    expect(compileCondition('request.path == "\\u0028\\U0001F642\\x41\\101"').ok).toBe(true);
+  });
+});
+
+describe('matches(): bounded', () => {
+  it('keeps CEL semantics: RE2 syntax, a partial match', () => {
+    expect(evaluate('request.path.matches("repos/[a-z]+/merge$")')).toBe(true);
+    expect(evaluate('request.path.matches("^repos")')).toBe(false);
+    expect(evaluate('identity.sub.matches("(?i)^ALICE$")')).toBe(true);
+    // RE2 refuses what a backtracking engine would take: backreferences and lookaround.
+    expect(problems('request.path.matches("(a)\\\\1")')[0]!.message).toMatch(/invalid escape|backreference|\\\\1/);
+    expect(problems('request.path.matches("a(?=b)")')[0]!.message).toMatch(/perl operator|\(\?=/);
+  });
+
+  it('a string over 1,024 characters is an error, never a match, whatever the pattern', () => {
+    const at = (path: string): PolicyInput => ({ ...FULL, request: { ...FULL.request, path } });
+    expect(evaluate('request.path.matches("^/")', at(`/${'a'.repeat(1023)}`))).toBe(true);
+    expect(evaluate('request.path.matches("^/")', at(`/${'a'.repeat(1024)}`))).toEqual({ error: 'matches: the string is 1025 characters, over the limit of 1024' });
+    expect(evaluate('!request.path.matches("admin")', at(`/${'a'.repeat(8191)}`))).toEqual({ error: expect.stringMatching(/8192 characters/) });
+  });
+
+  it('a pattern from request data is compiled once per distinct value; a broken one is an error; past 1,024 characters too', () => {
+    const pattern = (p: string): PolicyInput => ({ ...FULL, request: { ...FULL.request, headers: { 'x-re': p } } });
+    expect(evaluate('request.path.matches(request.headers["x-re"])', pattern('^/api/'))).toBe(true);
+    expect(evaluate('request.path.matches(request.headers["x-re"])', pattern('('))).toEqual({ error: expect.stringMatching(/missing closing/) });
+    expect(evaluate('request.path.matches(request.headers["x-re"])', pattern('a'.repeat(1025)))).toEqual({ error: expect.stringMatching(/pattern is 1025 characters/) });
+  });
+});

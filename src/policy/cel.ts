@@ -12,9 +12,12 @@
 // an error — which never grants, see evaluate.ts — and `has(risk.score)` tests for it.
 import { celEnv, celFunc, CelScalar, isCelError, objectType, parse, plan, type CelInput, type CelResult } from '@bufbuild/cel';
 import { timestampDate, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { adviseOn } from './advice.ts';
+import { depth, MAX_NESTING, nestedPast } from './ast.ts';
 import { createChecker, formatType, T, type CelT, type FieldDecl, type FuncDecl } from './check.ts';
 import { compileDirect, type DirectCondition } from './direct.ts';
 import type { DecisionScope } from './input.ts';
+import { BOUNDED_RE2 } from './regex.ts';
 import { STANDARD_FUNCTIONS } from './stdlib.ts';
 import { cidrProblem, glob, globProblem, hourIn, ipIn, ipProblem, timeZoneProblem, weekdayIn } from './functions.ts';
 
@@ -25,7 +28,7 @@ export const POLICY_CONTEXT = {
   request: T.object('request', {
     method: field(T.string, 'HTTP method, upper-case ("GET").'),
     host: field(T.string, 'Host the client addressed: lower-case, without the port.'),
-    path: field(T.string, 'Normalised path (dot segments resolved, "//" merged), without the query string.'),
+    path: field(T.string, 'Normalised path (dot segments resolved, "//" merged), without the query string. Lower-cased on a route with `caseInsensitive: true`.'),
     route: field(T.string, 'Name of the route the request matched in the gateway config.'),
     ip: field(T.string, 'Client IP address: the peer, or behind trusted proxies the first untrusted X-Forwarded-For hop.'),
     headers: field(
@@ -119,6 +122,8 @@ const check = createChecker({ variables: POLICY_CONTEXT, functions: [...STANDARD
 const env = celEnv({
   variables: Object.fromEntries(Object.keys(POLICY_CONTEXT).map((name) => [name, CelScalar.DYN])),
   funcs: HELPERS.map((h) => h.run),
+  // matches() with its compiled patterns cached and its input bounded (regex.ts).
+  re2: BOUNDED_RE2,
 });
 
 /** The values of the four variables, as @bufbuild/cel takes them (see input.ts). */
@@ -140,7 +145,16 @@ export interface ConditionProblem {
   message: string;
 }
 
-export type ConditionResult = { ok: true; condition: CompiledCondition } | { ok: false; problems: ConditionProblem[] };
+/** A condition that loads but deserves a second look (advice.ts); 1-based, within the expression. */
+export interface ConditionWarning {
+  line: number;
+  col: number;
+  message: string;
+}
+
+export type ConditionResult =
+  | { ok: true; condition: CompiledCondition; warnings: ConditionWarning[] }
+  | { ok: false; problems: ConditionProblem[] };
 
 function lineCol(source: string, offset: number): { line: number; col: number } {
   const before = source.slice(0, offset);
@@ -148,24 +162,61 @@ function lineCol(source: string, offset: number): { line: number; col: number } 
   return { line, col: offset - before.lastIndexOf('\n') };
 }
 
-/** Parse, type-check against POLICY_CONTEXT, and plan: everything but running it. */
+/**
+ * Parse, type-check against POLICY_CONTEXT, and plan: everything but running it. Any text
+ * gives a result: a condition, or its problems; nothing it does throws (a policy edit
+ * must never take the gateway down, source.ts).
+ */
 export function compileCondition(source: string): ConditionResult {
+  try {
+    return compile(source);
+  } catch (err) {
+    // Belt and braces: every limit below is meant to keep the passes from throwing.
+    const message = err instanceof RangeError ? TOO_DEEP : `the condition could not be compiled (${err instanceof Error ? err.message : String(err)})`;
+    return { ok: false, problems: [{ line: 1, col: 1, kind: 'syntax', message }] };
+  }
+}
+
+const TOO_DEEP = `the condition nests too deeply (at most ${MAX_NESTING} levels): split it into several rules, or use "in" with a list`;
+
+/**
+ * The longest condition compiled, in UTF-16 code units. @bufbuild/cel's parser takes
+ * 5–12 µs a character here (an 80 KB condition 0.4–1 s, a 1 MB string literal 4 s before
+ * it ran out of stack), and a policy load runs on the gateway's event loop. 32 K holds a
+ * list of a thousand names or a few hundred networks, and parses in about 0.3 s at worst;
+ * cel-go's own default limit is 100,000 code points.
+ */
+export const MAX_CONDITION_CHARS = 32_768;
+
+function compile(source: string): ConditionResult {
+  if (source.length > MAX_CONDITION_CHARS) {
+    return { ok: false, problems: [{ line: 1, col: 1, kind: 'syntax', message: `the condition is ${source.length} characters long, over the limit of ${MAX_CONDITION_CHARS}` }] };
+  }
+  const tooDeep = nestedPast(source, MAX_NESTING);
+  if (tooDeep !== undefined) return { ok: false, problems: [{ ...lineCol(source, tooDeep), kind: 'syntax', message: TOO_DEEP }] };
   let parsed: ReturnType<typeof parse>;
   try {
     parsed = parse(source);
   } catch (err) {
+    // The parser recurses: a RangeError is a stack it ran out of, not a bug to surface.
+    if (err instanceof RangeError) return { ok: false, problems: [{ line: 1, col: 1, kind: 'syntax', message: 'the condition is too deeply nested or too long for the parser' }] };
     const e = err as { rawMessage?: string; message?: string; location?: { start: { line: number; column: number } } };
     const { line, column } = e.location?.start ?? { line: 1, column: 1 };
     return { ok: false, problems: [{ line, col: column, kind: 'syntax', message: e.rawMessage ?? e.message ?? String(err) }] };
   }
+  if (parsed.expr === undefined) return { ok: false, problems: [{ line: 1, col: 1, kind: 'syntax', message: 'an empty condition' }] };
+  // Before any pass that recurses over the tree (checker, direct.ts, plan, evaluation).
+  if (depth(parsed.expr) > MAX_NESTING) return { ok: false, problems: [{ line: 1, col: 1, kind: 'syntax', message: TOO_DEEP }] };
   const { type, issues } = check(parsed);
   const problems: ConditionProblem[] = issues.map((i) => ({ ...lineCol(source, i.offset), kind: 'type', message: i.message }));
   if (problems.length === 0 && type.kind !== 'bool' && type.kind !== 'dyn') {
     problems.push({ line: 1, col: 1, kind: 'type', message: `a condition must be a bool, this one is ${formatType(type)}` });
   }
   if (problems.length > 0) return { ok: false, problems };
-  const direct = compileDirect(parsed.expr!);
-  return { ok: true, condition: { source, program: plan(env, parsed) as CompiledCondition['program'], ...(direct && { direct }) } };
+  const positions = parsed.sourceInfo?.positions ?? {};
+  const warnings = adviseOn(parsed.expr, (e) => positions[String(e.id)] ?? 0).map((a) => ({ ...lineCol(source, a.offset), message: a.message }));
+  const direct = compileDirect(parsed.expr);
+  return { ok: true, condition: { source, program: plan(env, parsed) as CompiledCondition['program'], ...(direct && { direct }) }, warnings };
 }
 
 /**

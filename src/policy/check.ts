@@ -217,9 +217,10 @@ export function createChecker(env: CheckEnv): (parsed: ParsedExpr) => { type: Ce
             case 'boolValue':
               return T.bool;
             case 'int64Value':
-              return T.int;
+              // The parser keeps any number of digits; CEL's int is 64 bits (langdef.md, "Numeric Values").
+              return inRange(kind.value.constantKind.value, INT64) ? T.int : problem(e, 'integer literal out of range for a 64-bit int');
             case 'uint64Value':
-              return T.uint;
+              return inRange(kind.value.constantKind.value, UINT64) ? T.uint : problem(e, 'integer literal out of range for a 64-bit uint');
             case 'doubleValue':
               return T.double;
             case 'stringValue':
@@ -233,7 +234,7 @@ export function createChecker(env: CheckEnv): (parsed: ParsedExpr) => { type: Ce
           }
         case 'identExpr': {
           const name = kind.value.name;
-          const found = lookup(scope, name) ?? env.variables[name];
+          const found = lookup(scope, name) ?? own(env.variables, name);
           if (found) return found;
           if (TYPE_NAMES.has(name)) return T.type;
           return problem(e, `undeclared reference to "${name}" (variables: ${Object.keys(env.variables).join(', ')})`);
@@ -243,7 +244,8 @@ export function createChecker(env: CheckEnv): (parsed: ParsedExpr) => { type: Ce
           const operand = check(kind.value.operand!, scope);
           let type: CelT;
           if (operand.kind === 'object') {
-            const decl = operand.fields[field];
+            // Own fields only: `request.constructor` or `has(identity.toString)` name no field.
+            const decl = own(operand.fields, field);
             if (decl === undefined) {
               return problem(e, `no field "${field}" in ${operand.name} (fields: ${Object.keys(operand.fields).join(', ')})`);
             }
@@ -322,6 +324,15 @@ function macroPredicate(step: Expr, accuVar: string): Expr | undefined {
 
 function nullHint(types: readonly CelT[]): string {
   return types.some((t) => t.kind === 'null_type') ? ': an absent field is not null; test it with has(x.field)' : '';
+}
+
+const INT64 = [-(2n ** 63n), 2n ** 63n - 1n] as const;
+const UINT64 = [0n, 2n ** 64n - 1n] as const;
+const inRange = (v: bigint, [min, max]: readonly [bigint, bigint]) => v >= min && v <= max;
+
+/** `table[name]` when it is the table's own entry: never a member of Object.prototype. */
+function own<V>(table: Readonly<Record<string, V>>, name: string): V | undefined {
+  return Object.hasOwn(table, name) ? table[name] : undefined;
 }
 
 type Scope = { readonly vars: Readonly<Record<string, CelT>>; readonly parent: Scope } | undefined;

@@ -70,6 +70,33 @@ const AWKWARD = [
   '1 < risk.score',
   'risk.flagged || risk.score > 0.9',
   '"hour" in risk.top_features',
+  // Claims are any JSON: keys that are JavaScript prototype members or protobuf's
+  // `$typeName` (which makes an object a message to @bufbuild/cel, not a map).
+  'identity.claims.nested.value == true',
+  'has(identity.claims.nested.value)',
+  'identity.claims.nested.a == "b" && identity.claims.nested.value == "b"',
+  '"$typeName" in identity.claims.nested',
+  'identity.claims.nested["$typeName"] == "x"',
+  'has(identity.claims.constructor)',
+  'identity.claims.constructor == "x"',
+  'identity.claims["__proto__"].a == "b"',
+  'has(identity.claims.__proto__)',
+  '"__proto__" in identity.claims',
+  'identity.claims.toString == "x"',
+  'identity.claims.nested.toString == "x"',
+  'identity.claims.nested.constructor.name == "Object"',
+  '"hasOwnProperty" in identity.claims.nested',
+  'identity.claims.level == 3.0',
+  'identity.claims.level > 1e300',
+  'identity.claims.big >= 9007199254740993',
+  'identity.claims.department == ""',
+  'identity.claims.nested.a in ["b", ""]',
+  'identity.claims.list[0] == 1',
+  '1 in identity.claims.list',
+  '"b" in identity.claims.nested.a',
+  'has(request.headers.__proto__)',
+  'request.headers["__proto__"] == "x"',
+  'request.headers["$typeName"] == "x"',
 ];
 
 function sourcesOfSets(): string[] {
@@ -102,7 +129,7 @@ const BASE: PolicyInput = {
     sub: 'alice',
     issuer: 'https://idp.example.com/',
     groups: ['eng', 'oncall'],
-    claims: { department: 'eng', level: 3, limit: 5, admin: false, 'team-name': 'core', nested: { a: 'b' } },
+    claims: { department: 'eng', level: 3, limit: 5, admin: false, 'team-name': 'core', nested: { a: 'b' }, list: [1, 2], big: 2 ** 53 },
     amr: ['pwd', 'hwk'],
     acr: 'phr',
     auth_time: new Date('2024-06-03T08:00:00Z'),
@@ -118,6 +145,30 @@ const BASE: PolicyInput = {
   },
   risk: { score: 0.12, flagged: false, top_features: ['hour', 'bytes'], model_version: 'v3' },
 };
+
+/** JSON values a token's claims can hold, parsed as the gateway parses a token's payload. */
+const JSON_SHAPES: readonly unknown[] = [
+  '{"$typeName": "google.protobuf.BoolValue", "value": true, "a": "b"}',
+  '{"$typeName": "google.protobuf.StringValue", "value": "b"}',
+  '{"$typeName": "google.protobuf.Struct", "fields": {}}',
+  '{"$typeName": "x", "a": "b"}',
+  '{"$typeName": 1, "a": "b"}',
+  '{"__proto__": {"a": "b"}, "a": "b"}',
+  '{"__proto__": "x"}',
+  '{"constructor": {"name": "Object"}, "a": "b"}',
+  '{"toString": "x", "valueOf": 1, "hasOwnProperty": true, "a": "b"}',
+  '{"a": {"b": {"c": [1, [2, {"d": null}]]}}}',
+  '[[1], {"a": "b"}, null, true, "", 1.5]',
+  '[1, 2.0, 3]',
+  '9007199254740993',
+  '1e308',
+  '-0.0',
+  '3.0',
+  '""',
+  'null',
+  '{}',
+  '[]',
+].map((text) => JSON.parse(text) as unknown);
 
 type Mutable = { -readonly [K in keyof PolicyInput]: Record<string, unknown> };
 
@@ -146,6 +197,9 @@ const ODD: readonly unknown[] = [
   new Date('2024-06-03T08:30:00Z'),
   Object.assign(Object.create(null) as object, { a: 'b' }),
   { constructor: 'x', a: 'b' },
+  // Every JSON shape a claim can take, and the keys that mean something to JavaScript or
+  // to @bufbuild/cel: JSON.parse makes `__proto__` an own key, as a token's claims do.
+  ...JSON_SHAPES,
 ];
 
 const PATHS: readonly string[][] = [
@@ -177,6 +231,13 @@ const SUB_PATHS: readonly [string[], string][] = [
   [['identity', 'claims'], 'department'],
   [['identity', 'claims'], 'nested'],
   [['identity', 'claims'], 'team-name'],
+  [['identity', 'claims'], 'constructor'],
+  [['identity', 'claims'], '__proto__'],
+  [['identity', 'claims'], 'toString'],
+  [['identity', 'claims'], 'list'],
+  [['identity', 'claims'], 'big'],
+  [['request', 'headers'], '__proto__'],
+  [['request', 'headers'], '$typeName'],
   [['device', 'posture'], 'managed'],
   [['device', 'posture'], 'trust'],
   [['device', 'posture'], 'last_check_in'],
@@ -217,7 +278,8 @@ function variant(rnd: () => number): PolicyInput {
     if (parent === null || typeof parent !== 'object' || Array.isArray(parent) || parent instanceof Date) continue;
     const value = pick(ODD);
     if (key === 'last_check_in' && value instanceof Date) continue;
-    (parent as Record<string, unknown>)[key] = value;
+    // Defined, not assigned: `parent.__proto__ = v` would set the prototype, not a key.
+    Object.defineProperty(parent, key, { value, enumerable: true, writable: true, configurable: true });
   }
   if (rnd() < 0.2) input.device = {};
   if (rnd() < 0.1) input.risk = {};

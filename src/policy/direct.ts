@@ -113,9 +113,19 @@ const kindOf = (path: string | undefined): Kind => (path === undefined ? PLAIN :
  */
 const isRecord = (v: unknown): v is Map_ => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-/** A map as toCel() makes one, conservatively: an object literal or JSON object, nothing with its own "constructor". */
+/**
+ * A map as toCel() makes one, conservatively: an object literal or JSON object, nothing
+ * with its own "constructor", and nothing with a "$typeName" key. To @bufbuild/cel (through
+ * @bufbuild/protobuf's isMessage) an object with a string `$typeName` is a protobuf message:
+ * a wrapper such as `{"$typeName": "google.protobuf.BoolValue", "value": true}` reads as
+ * `true`, any other name is an error. A claim is JSON the IdP signed, and may carry one.
+ */
 const isPlainMap = (v: unknown): v is Map_ =>
-  typeof v === 'object' && v !== null && Object.getPrototypeOf(v) === Object.prototype && (v as { constructor: unknown }).constructor === Object;
+  typeof v === 'object' &&
+  v !== null &&
+  Object.getPrototypeOf(v) === Object.prototype &&
+  (v as { constructor: unknown }).constructor === Object &&
+  !('$typeName' in v);
 
 /** A value read at a path of `kind`, as @bufbuild/cel would give it, or UNSURE. */
 function value(v: unknown, kind: Kind): Value {

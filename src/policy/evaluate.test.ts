@@ -179,6 +179,11 @@ describe('obligations and step-up requirements', () => {
     expect(d.obligations).toEqual({ rateLimitTier: 'standard', upstream: 'quarantine', headers: { 'x-team': 'other', 'x-b': '2', 'x-a': '1' } });
   });
 
+  it('a header named "constructor" is a header like any other (own keys only)', () => {
+    const d = evaluator(policy('p', [rule('one', 'allow', 'true', '    obligations: { headers: { constructor: "x", x-a: "1" } }')])).evaluate(input());
+    expect(d.obligations).toEqual({ headers: { constructor: 'x', 'x-a': '1' } });
+  });
+
   it('several step_up rules: the acr values all accept, and the shortest max age', () => {
     const e = evaluator(
       policy('p', [

@@ -145,7 +145,8 @@ function mergeObligations(allows: readonly Run[]): Obligations {
     upstream ??= o.upstream;
     for (const [name, value] of Object.entries(o.headers ?? {})) {
       headers ??= {};
-      if (!(name in headers)) headers[name] = value;
+      // Own keys only: a header named "constructor" is `in` every object.
+      if (!Object.hasOwn(headers, name)) headers[name] = value;
     }
   }
   return { ...(rateLimitTier && { rateLimitTier }), ...(upstream && { upstream }), ...(headers && { headers }) };

@@ -191,6 +191,27 @@ describe('compilePolicyFiles: every problem, with file:line:col', () => {
   });
 });
 
+describe('compilePolicyFiles: keys and conditions that name JavaScript built-ins', () => {
+  it('as YAML keys at any level they are unknown fields, at the key', () => {
+    for (const key of ['constructor', '__proto__', 'toString']) {
+      expect(rejected(edit(CODE, 'appliesTo:', `${key}: x\nappliesTo:`))).toEqual([`p.yaml:3:1: ${key}: unknown field "${key}" (known: $schema, apiVersion, kind, name, description, appliesTo, mode, rules)`]);
+      expect(rejected(edit(CODE, '  routes: [code]', `  routes: [code]\n  ${key}: [x]`))[0]).toMatch(new RegExp(`^p\\.yaml:5:3: appliesTo\\.${key.replace('$', '\\$')}: unknown field`));
+      expect(rejected(edit(CODE, '    effect: allow', `    effect: allow\n    ${key}: x`))[0]).toMatch(/^p\.yaml:8:5: rules\[0\]\./);
+    }
+  });
+
+  it('a condition reading one is a CEL type error at its rule, never an exception', () => {
+    expect(rejected(edit(CODE, `'"eng" in identity.groups'`, `'request.constructor == "x"'`))).toEqual([
+      `p.yaml:${at(CODE, `'"eng"`)}: rules[0].when: CEL type error at 1:8 of the condition: no field "constructor" in request (fields: method, host, path, route, ip, headers, time)`,
+    ]);
+  });
+
+  it('an obligation header named "constructor" is a header (the schema allows the name)', () => {
+    const set = ok({ file: 'p.yaml', text: edit(CODE, 'headers: { x-team: eng }', 'headers: { constructor: x }') });
+    expect(set.policies[0]!.rules[0]!.obligations?.headers).toEqual({ constructor: 'x' });
+  });
+});
+
 describe('loadPolicyDir', () => {
   const dir = () => mkdtempSync(join(tmpdir(), 'zt-policies-'));
 

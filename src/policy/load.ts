@@ -34,7 +34,15 @@ export interface PolicyFile {
  * `unchecked` is set only when no known names were given (`known` undefined, as for the CLI
  * without --config): every reference to a route, tier or upstream that was not checked.
  */
-export type PolicyLoadResult = { ok: true; set: PolicySet; unchecked?: readonly ConfigIssue[] } | { ok: false; issues: ConfigIssue[] };
+export type PolicyLoadResult =
+  | {
+      ok: true;
+      set: PolicySet;
+      unchecked?: readonly ConfigIssue[];
+      /** Conditions that load but may cost more than they should (advice.ts), each at its `when`. */
+      warnings: readonly ConfigIssue[];
+    }
+  | { ok: false; issues: ConfigIssue[] };
 
 // No type coercion and no ${VAR} interpolation, unlike the gateway config: what a policy
 // means must be visible in the file that is reviewed, not depend on an instance's env.
@@ -99,23 +107,30 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
   const sorted = [...files].sort((a, b) => compare(basename(a.file), basename(b.file)) || compare(a.file, b.file));
   const issues: ConfigIssue[] = [];
   const unchecked: ConfigIssue[] = [];
+  const warnings: ConfigIssue[] = [];
   const policies: CompiledPolicy[] = [];
   const firstByName = new Map<string, string>();
 
   for (const { file, text } of sorted) {
-    const parsed = parseValidated(text, file, validate);
-    if ('issues' in parsed) {
-      issues.push(...parsed.issues);
-      continue;
-    }
-    const doc = parsed.data;
-    const first = firstByName.get(doc.name);
-    if (first !== undefined) issues.push(parsed.issue(['name'], `duplicate policy name "${doc.name}" (first defined in ${first})`));
-    else firstByName.set(doc.name, file);
+    try {
+      const parsed = parseValidated(text, file, validate);
+      if ('issues' in parsed) {
+        issues.push(...parsed.issues);
+        continue;
+      }
+      const doc = parsed.data;
+      const first = firstByName.get(doc.name);
+      if (first !== undefined) issues.push(parsed.issue(['name'], `duplicate policy name "${doc.name}" (first defined in ${first})`));
+      else firstByName.set(doc.name, file);
 
-    const result = compilePolicy(doc, file, parsed, known, unchecked, policies.length);
-    if (Array.isArray(result)) issues.push(...result);
-    else policies.push(result);
+      const result = compilePolicy(doc, file, parsed, known, unchecked, warnings, policies.length);
+      if (Array.isArray(result)) issues.push(...result);
+      else policies.push(result);
+    } catch (err) {
+      // Belt and braces: no policy text may make a load throw (a hot reload runs in a
+      // timer, where a throw ends the process). The file is refused like any bad file.
+      issues.push({ file, line: 1, col: 1, field: '', message: `the policy could not be compiled (${err instanceof Error ? err.message : String(err)})` });
+    }
   }
 
   if (issues.length > 0) return { ok: false, issues: sortIssues(issues) };
@@ -129,6 +144,7 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
       candidates: createIndex(frozen),
     }),
     ...(known === undefined && { unchecked: Object.freeze(sortIssues(unchecked)) }),
+    warnings: Object.freeze(sortIssues(warnings)),
   };
 }
 
@@ -138,6 +154,7 @@ function compilePolicy(
   parsed: ParsedYaml,
   known: KnownNames | undefined,
   unchecked: ConfigIssue[],
+  warnings: ConfigIssue[],
   order: number,
 ): CompiledPolicy | ConfigIssue[] {
   const issues: ConfigIssue[] = [];
@@ -166,6 +183,7 @@ function compilePolicy(
       }
       return;
     }
+    for (const w of compiled.warnings) warnings.push({ ...where, message: `at ${w.line}:${w.col} of the condition: ${w.message}` });
     rules.push(
       Object.freeze({
         name: rule.name,

@@ -224,7 +224,9 @@ const object =
     }
     const out: Record<string, unknown> = {};
     for (const [name, v] of Object.entries(value)) {
-      const field = fields[name];
+      // Own entries only: `constructor`, `toString` or `__proto__` in a record is an unknown
+      // field like any other, not a member of Object.prototype taken for a field's checker.
+      const field = Object.hasOwn(fields, name) ? fields[name] : undefined;
       if (field === undefined) {
         issues.push({ path: [...path, name], message: `unknown field "${name}" (known: ${Object.keys(fields).join(', ')})`, atKey: true });
       } else if (v === null) {
@@ -235,7 +237,7 @@ const object =
       }
     }
     for (const [name, field] of Object.entries(fields)) {
-      if (field.required && !(name in value)) issues.push({ path: [...path, name], message: 'required field is missing' });
+      if (field.required && !Object.hasOwn(value, name)) issues.push({ path: [...path, name], message: 'required field is missing' });
     }
     return out;
   };
@@ -337,17 +339,30 @@ const RECORD_FIELDS = {
 const RECORD = object(RECORD_FIELDS);
 
 /**
+ * The keys of a log line's top level that are names of Object.prototype members
+ * (`constructor`, `toString`, `__proto__`…). The logger's own fields are ignored, but no
+ * logger writes these: such a line is damaged or forged, and is reported, not read.
+ */
+export function prototypeKeyIssues(line: Readonly<Record<string, unknown>>): InputIssue[] {
+  const issues: InputIssue[] = [];
+  for (const k of Object.keys(line)) {
+    if (k in Object.prototype) issues.push({ path: [k], message: `"${k}" is not a field of a decision record or a log line`, atKey: true });
+  }
+  return issues;
+}
+
+/**
  * A decision record read back from a log line, with its input revived. The line may also
  * carry the logger's own fields (pino's level, time, pid, hostname, msg…): those are
  * ignored, not errors, since they depend on how the log was written, not on the record.
  */
 export function decisionFromJson(value: unknown): { record: DecisionRecord; input: PolicyInput } {
   if (!isRecord(value)) throw new PolicyInputError([{ path: [], message: `expected a decision record object, got ${shown(value)}` }]);
-  const own = Object.fromEntries(Object.entries(value).filter(([k]) => k in RECORD_FIELDS));
-  const issues: InputIssue[] = [];
+  const issues = prototypeKeyIssues(value);
+  const own = Object.fromEntries(Object.entries(value).filter(([k]) => Object.hasOwn(RECORD_FIELDS, k)));
   const record = RECORD(own, [], issues);
   let input: PolicyInput | undefined;
-  if ('input' in own) {
+  if (Object.hasOwn(own, 'input')) {
     try {
       input = inputFromJson(own.input);
     } catch (e) {

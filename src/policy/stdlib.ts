@@ -6,6 +6,7 @@
 // - matches(s, re) as a global function: @bufbuild/cel only has the method s.matches(re).
 import { isCelError, run } from '@bufbuild/cel';
 import { T, type CelT, type FuncDecl } from './check.ts';
+import { regexProblem } from './regex.ts';
 
 const A = T.param('A');
 const K = T.param('K');
@@ -85,7 +86,14 @@ export const STANDARD_FUNCTIONS: readonly FuncDecl[] = [
 
   ...[string, bytes, T.list(A), T.map(K, V)].flatMap((t) => [fn('size', [t], int), method('size', t, [], int)]),
   ...['contains', 'startsWith', 'endsWith'].map((name) => method(name, string, [string], bool)),
-  { ...method('matches', string, [string], bool), literals: literal(0, '"".matches(x)') },
+  // The pattern through the engine conditions run with (regex.ts): RE2 syntax, and its length bound.
+  {
+    ...method('matches', string, [string], bool),
+    literals: ([pattern]) => {
+      const message = typeof pattern === 'string' ? regexProblem(pattern) : undefined;
+      return message === undefined ? undefined : { arg: 0, message };
+    },
+  },
 
   ...TIMESTAMP_PARTS.flatMap((name) => [method(name, timestamp, [], int), method(name, timestamp, [string], int)]),
   ...DURATION_PARTS.map((name) => method(name, duration, [], int)),
