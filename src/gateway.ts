@@ -1,17 +1,22 @@
 // A running gateway: data plane + admin plane around one swappable Runtime, with reload
 // (build aside, swap, keep the old one on failure) and graceful drain. Used by `ztgw serve`,
 // the demo and the tests alike.
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
-import { compileRuntime, type RuntimeHolder } from './config/compile.ts';
-import { loadConfigFile } from './config/load.ts';
+import { compileRuntime, type Runtime, type RuntimeHolder } from './config/compile.ts';
+import { ConfigError, formatIssue, loadConfigFile, type ConfigIssue } from './config/load.ts';
+import { issueAt } from './config/issue-at.ts';
+import { createReloadQueue, restartRequired, type ReloadKind } from './config/reload.ts';
 import type { Config } from './config/schema.ts';
 import { buildAdminPlane } from './observability/admin.ts';
 import { loadAdminCredential } from './observability/admin-token.ts';
-import { createLoggers } from './observability/logging.ts';
+import { createLoggers, LogFileError, type Loggers } from './observability/logging.ts';
 import { createMetrics, type GatewayMetrics } from './observability/metrics.ts';
 import { buildDataPlane } from './server.ts';
+import type { Evaluator } from './policy/evaluate.ts';
+import { watchPolicyDir, type PolicyDirWatch } from './policy/source.ts';
 import { createServices, type Services } from './services.ts';
 
 export type ConfigSource = { file: string; env?: NodeJS.ProcessEnv } | { config: Config; dir: string };
@@ -23,14 +28,24 @@ export interface GatewayOptions {
   readonly now?: () => number;
 }
 
+/** The running policy set (holder.current's) and why the last reload failed; undefined without a policies section. */
+export interface PolicyView {
+  readonly current: Evaluator;
+  readonly lastError: string | undefined;
+}
+
 export interface Gateway {
   readonly url: string;
   readonly adminUrl: string;
   readonly holder: RuntimeHolder;
-  readonly services: Services;
+  readonly services: Services & { readonly policies: PolicyView | undefined };
   readonly metrics: GatewayMetrics;
   readonly logger: Logger;
-  /** Re-reads the config source; on failure the running config stays and the error is returned. */
+  /**
+   * Re-reads the config source and the policy directory and compiles them as one Runtime;
+   * on failure the running one stays and the error is returned. Serialised with policy-dir
+   * edits: a call made while a reload runs waits for it.
+   */
   reload(): Promise<Error | undefined>;
   /** Stops taking requests, lets in-flight ones finish within the shutdown deadline, then closes. */
   close(): Promise<void>;
@@ -48,6 +63,9 @@ function urlOf(address: AddressInfo | string | null, tls = false): string {
   return `${tls ? 'https' : 'http'}://${host}:${address.port}`;
 }
 
+/** After the shutdown deadline cut the last connections, how long close() waits for them to close (and be logged). */
+const CUT_LINES_WAIT_MS = 1_000;
+
 /** Throws ConfigError (with file:line issues) or a compile error before anything listens. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const initial = loadSource(opts.source);
@@ -58,15 +76,20 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     text: initial.text,
   });
   const decisionFile = initial.config.policies?.decisionLog.file;
-  const { logger, access, decisions } = createLoggers(
-    initial.config.server.logLevel,
-    opts.logDestination,
-    decisionFile === undefined ? undefined : resolve(initial.dir, decisionFile),
-  );
+  let loggers: Loggers;
+  try {
+    loggers = createLoggers(initial.config.server.logLevel, opts.logDestination, decisionFile === undefined ? undefined : resolve(initial.dir, decisionFile));
+  } catch (err) {
+    // A decision log that cannot be opened is the config's problem (exit 2), named at its line.
+    if (!(err instanceof LogFileError)) throw err;
+    const where = { file: fromFile?.file ?? resolve(initial.dir, '(config)'), text: initial.text };
+    throw new ConfigError([issueAt(where, ['policies', 'decisionLog', 'file'], err.message)], { cause: err });
+  }
+  const { logger, access, decisions } = loggers;
   const metrics = createMetrics();
   const services = await createServices(initial.config, initial.dir, logger, metrics);
-  const compile = (next: { config: Config; dir: string }) =>
-    compileRuntime(next.config, { configDir: next.dir, services, decisionLog: decisions, logger, metrics, now: opts.now });
+  const compile = (next: { config: Config; dir: string }, previous?: Runtime) =>
+    compileRuntime(next.config, { configDir: next.dir, services, decisionLog: decisions, logger, metrics, now: opts.now, previous });
   let holder: RuntimeHolder;
   try {
     holder = { current: await compile(initial) };
@@ -74,13 +97,28 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     await services.close();
     throw err;
   }
+  logPolicies(logger, holder.current, undefined);
   const server = holder.current.config.server;
   let draining = false;
-  let lastReloadError: string | undefined;
+  // A policy edit that compiles does not clear a config reload's failure: the file still holds it.
+  const failures: { config?: string; policies?: string } = {};
+  const lastReloadError = () => failures.config ?? failures.policies;
+  let restartFields: readonly string[] = [];
+  metrics.configRestartRequired.set(0);
   const isDraining = () => draining;
 
-  const data = buildDataPlane({ holder, logger, accessLogger: access, metrics, isDraining, configDir: initial.dir });
-  const admin = buildAdminPlane({ holder, services, logger, metrics, isDraining, lastReloadError: () => lastReloadError, credential: adminCredential });
+  const drainDeadline = new AbortController();
+  const data = buildDataPlane({ holder, logger, accessLogger: access, metrics, isDraining, drainDeadline: drainDeadline.signal, configDir: initial.dir });
+  const admin = buildAdminPlane({
+    holder,
+    services,
+    logger,
+    metrics,
+    isDraining,
+    lastReloadError,
+    restartRequired: () => restartFields,
+    credential: adminCredential,
+  });
   try {
     await data.listen({ host: server.listen.host, port: server.listen.port });
     await admin.listen({ host: server.admin.host, port: server.admin.port });
@@ -93,47 +131,126 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const adminUrl = urlOf(admin.server.address());
   logger.info({ url, adminUrl, config: holder.current.version, routes: holder.current.routes.length }, 'gateway listening');
 
+  // The policy directory of the running Runtime is watched; an edit recompiles it against
+  // the running config through the same queue as SIGHUP. A reload that moves the directory
+  // (or adds or drops the section, or changes the debounce) moves the watch with it.
+  let watching: { key: string; watch: PolicyDirWatch } | undefined;
+  const followPolicyDir = (): void => {
+    const section = holder.current.config.policies;
+    const dir = holder.current.policies?.dir;
+    const key = section === undefined || dir === undefined ? undefined : `${dir}\u0000${section.reloadDebounceMs}`;
+    if (key === watching?.key) return;
+    watching?.watch.close();
+    watching = key === undefined ? undefined : { key, watch: watchPolicyDir({ dir: dir!, debounceMs: section!.reloadDebounceMs, logger, onChange: () => void reload('policies') }) };
+  };
+
+  const runReload = async (kind: ReloadKind): Promise<Error | undefined> => {
+    const running = holder.current;
+    try {
+      // A policy edit is compiled against the running config, not whatever the file holds now.
+      const next = kind === 'config' ? loadSource(opts.source) : { config: running.config, dir: initial.dir };
+      const runtime = await compile(next, running);
+      if (draining) return undefined;
+      // Certificates rotate with the Runtime: new TLS connections get the new pair.
+      if (runtime.tls !== undefined && 'setSecureContext' in data.server) {
+        (data.server as HttpsServer).setSecureContext({ ...runtime.tls, minVersion: 'TLSv1.2' });
+      }
+      holder.current = runtime;
+      failures.policies = undefined;
+      if (kind === 'config') failures.config = undefined;
+      followPolicyDir();
+      logPolicies(logger, runtime, running);
+      if (kind === 'policies') {
+        metrics.policyReloads.inc({ result: 'ok' });
+        return undefined;
+      }
+      restartFields = restartRequired(initial.config, runtime.config);
+      metrics.configRestartRequired.set(restartFields.length > 0 ? 1 : 0);
+      if (restartFields.length > 0) {
+        logger.warn({ fields: restartFields }, 'restart required: these config changes are not applied until the gateway restarts; the rest of the reload is');
+      }
+      metrics.configReloads.inc({ result: 'ok' });
+      logger.info({ config: runtime.version }, 'config reloaded');
+      return undefined;
+    } catch (err) {
+      failures[kind] = (err as Error).message;
+      const issues = err instanceof ConfigError ? { issues: err.issues.map(formatIssue) } : { err };
+      if (kind === 'policies') {
+        metrics.policyReloads.inc({ result: 'failed' });
+        logger.error({ ...issues, keeping: running.policies?.evaluator.set.hash }, 'policy reload failed; keeping the last good set');
+      } else {
+        metrics.configReloads.inc({ result: 'failed' });
+        logger.error({ ...issues, keeping: running.version }, 'config reload failed; keeping the running config');
+      }
+      return err as Error;
+    }
+  };
+  const reload = createReloadQueue(runReload);
+  followPolicyDir();
+
+  const policyView: PolicyView = {
+    get current() {
+      return holder.current.policies!.evaluator;
+    },
+    get lastError() {
+      return lastReloadError();
+    },
+  };
+  const gatewayServices = Object.defineProperty({ ...services }, 'policies', {
+    get: () => (holder.current.policies === undefined ? undefined : policyView),
+    enumerable: true,
+  }) as Gateway['services'];
+
   return {
     url,
     adminUrl,
     holder,
-    services,
+    services: gatewayServices,
     metrics,
     logger,
-    async reload() {
-      try {
-        services.policies?.reload();
-        holder.current = await compile(loadSource(opts.source));
-        lastReloadError = undefined;
-        metrics.configReloads.inc({ result: 'ok' });
-        logger.info({ config: holder.current.version }, 'config reloaded');
-        return undefined;
-      } catch (err) {
-        lastReloadError = (err as Error).message;
-        metrics.configReloads.inc({ result: 'failed' });
-        logger.error({ err }, 'config reload failed; keeping the running config');
-        return err as Error;
-      }
-    },
+    reload: () => reload('config'),
     async close() {
       draining = true;
+      watching?.watch.close();
       const deadline = holder.current.config.server.timeouts.shutdownMs;
       let timer: NodeJS.Timeout | undefined;
       const expired = new Promise<'expired'>((resolve) => {
         timer = setTimeout(() => resolve('expired'), deadline);
       });
       // Fastify's close waits for in-flight requests and closes idle keep-alive sockets.
-      const outcome = await Promise.race([data.close().then(() => 'drained' as const), expired]);
+      const closed = data.close().then(() => 'drained' as const);
+      const outcome = await Promise.race([closed, expired]);
       clearTimeout(timer);
       if (outcome === 'expired') {
         logger.warn({ deadlineMs: deadline }, 'shutdown deadline passed; closing remaining connections');
+        drainDeadline.abort(); // first: the requests cut next are logged as cut by the gateway
         data.server.closeAllConnections();
+        // Their access lines are written as their sockets close, in the loop's close phase, after
+        // the server's own 'close' (a tick): one timer turn later they are all in.
+        await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, CUT_LINES_WAIT_MS).unref())]);
+        await new Promise((resolve) => setTimeout(resolve, 0));
       }
       await admin.close();
       await services.close();
       logger.info({ outcome }, 'gateway stopped');
-      logger.flush();
-      decisions.flush();
+      await loggers.flush(); // every line written before close() resolves, whatever exits next
     },
   };
+}
+
+/** The set's arrival or change, with its warnings; nothing when a reload kept the same set. */
+function logPolicies(logger: Logger, runtime: Runtime, previous: Runtime | undefined): void {
+  const policies = runtime.policies;
+  if (policies === undefined) {
+    if (previous?.policies !== undefined) logger.warn('policies section removed: no policy stage; routes are decided by authentication and device checks only');
+    return;
+  }
+  if (previous?.policies?.evaluator === policies.evaluator) return;
+  const set = policies.evaluator.set;
+  logger.info({ policySet: set.hash, policies: set.policies.length, dir: policies.dir }, previous === undefined ? 'policies loaded' : 'policies reloaded');
+  warnPolicies(logger, policies.warnings);
+}
+
+function warnPolicies(logger: Logger, warnings: readonly ConfigIssue[]): void {
+  if (warnings.length > 0) logger.warn({ warnings: warnings.map(formatIssue) }, 'policy conditions to review');
 }

@@ -31,6 +31,12 @@ export interface DataPlaneOptions {
   readonly metrics: GatewayMetrics;
   /** Set while draining for shutdown: new requests get 503 with Connection: close. */
   readonly isDraining: () => boolean;
+  /**
+   * Aborted when the shutdown deadline passes, just before the remaining connections are cut:
+   * a request cut then is logged as the gateway's doing (503 ERR_SHUTTING_DOWN), not as a
+   * client that left (499); open WebSocket sessions are ended, each with its closing line.
+   */
+  readonly drainDeadline?: AbortSignal;
   /** Where the TLS files named in the config are. */
   readonly configDir: string;
 }
@@ -220,7 +226,8 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       // was streaming): not the upstream's failure, and nobody to answer. Its access line is
       // written by the close listener in handle(). Likewise when the parser already answered
       // (a body timeout's 408 cut the body off): that answer stands, and is the request's line.
-      if (reply.request.zt?.clientGone === true || reply.raw.destroyed || reply.raw.headersSent) return;
+      // Nor when the shutdown deadline cut it (the dispatcher is destroyed next): logged as cut.
+      if (reply.request.zt?.clientGone === true || reply.raw.destroyed || reply.raw.headersSent || opts.drainDeadline?.aborted === true) return;
       // A body that overran the limit mid-stream surfaces as an upstream failure; say what it was.
       const cause = (error.cause as { cause?: unknown } | undefined)?.cause;
       const final = cause instanceof PayloadTooLargeError ? cause : error;
@@ -260,14 +267,18 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       if (raw.writableFinished || state.clientGone) return;
       state.clientGone = true;
       raw.emit(CLIENT_GONE);
+      // Or the gateway cut it, at the shutdown deadline: a 5xx of its own, whatever was sent.
+      const cut = opts.drainDeadline?.aborted === true;
       record({
         reqId: ctx.id,
         method: request.method,
         path: ctx.path || request.raw.url,
         route: ctx.route?.name,
-        status: 499,
+        status: cut ? 503 : 499,
         ms: reply.elapsedTime,
-        error: new ClientClosedRequestError('client closed the connection before the answer was complete'),
+        error: cut
+          ? new ShuttingDownError('cut at the shutdown deadline before the answer was complete')
+          : new ClientClosedRequestError('client closed the connection before the answer was complete'),
         sub: ctx.identity?.subject,
         client: ctx.clientIp || request.socket.remoteAddress,
       });
@@ -360,7 +371,7 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   });
   app.server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => app.server.emit('request', req, res));
 
-  attachUpgradeHandling(app.server, { holder, logger, isDraining: opts.isDraining, record, metrics });
+  attachUpgradeHandling(app.server, { holder, logger, isDraining: opts.isDraining, record, metrics, drainDeadline: opts.drainDeadline });
   if (tls !== undefined) {
     refuseClientRenegotiation(app.server as https.Server, (socket) => {
       metrics.tlsRenegotiationsRefused.inc();

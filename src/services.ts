@@ -1,6 +1,8 @@
 // Long-lived resources a gateway process owns across config reloads: the Redis connection,
 // the device registry, the DPoP replay cache, the per-process assertion key. A reload builds
-// a new Runtime over the same services; changing them (e.g. redis.url) needs a restart.
+// a new Runtime over the same services; changing them (e.g. redis.url) needs a restart
+// (config/reload.ts restartRequired). The policy set is not one of them: it is part of the
+// Runtime, compiled and swapped with the config it refers to.
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -12,7 +14,6 @@ import { createRedisRegistry } from './identity/devices/redis-store.ts';
 import { createMemoryReplayCache, createRedisReplayCache, type ReplayCache } from './identity/replay-cache.ts';
 import { createFingerprintTracker, type FingerprintTracker } from './identity/fingerprint.ts';
 import type { GatewayMetrics } from './observability/metrics.ts';
-import { createPolicySource, type PolicySource } from './policy/source.ts';
 
 export interface Services {
   readonly redis: Redis | undefined;
@@ -21,8 +22,6 @@ export interface Services {
   readonly fingerprints: FingerprintTracker | undefined;
   /** Signs assertions when no keys are configured (single instance, demo). */
   readonly ephemeralKey: SigningKey;
-  /** The watched policy set, when the config has a policies section. */
-  readonly policies: PolicySource | undefined;
   close(): Promise<void>;
 }
 
@@ -70,27 +69,6 @@ async function warnIfEvicting(redis: Redis, logger: Logger): Promise<void> {
   } catch {
     // CONFIG disabled or renamed: the operator has to check the policy themselves.
   }
-}
-
-/** The names policies may refer to, from the config they run under. */
-export function knownPolicyNames(config: Config) {
-  return {
-    tiers: new Set<string>(), // rate-limit tiers arrive with their issue; until then none exist
-    upstreams: new Set(Object.keys(config.upstreams)),
-    routes: new Set(config.routes.map((r) => r.name)),
-  };
-}
-
-/** Throws ConfigError (file:line:col) when the policy set does not compile at start. */
-function openPolicies(config: Config, configDir: string, logger: Logger, metrics: GatewayMetrics): PolicySource {
-  const policies = config.policies!;
-  return createPolicySource({
-    dir: resolve(configDir, policies.dir),
-    known: knownPolicyNames(config),
-    logger,
-    debounceMs: policies.reloadDebounceMs,
-    onReload: (result) => metrics.policyReloads.inc({ result }),
-  });
 }
 
 /** The registry the config names; the CLI opens it on its own, the gateway through createServices. */
@@ -166,23 +144,13 @@ export async function createServices(config: Config, configDir: string, logger: 
           onRefused: replayRefusalReporter(replayLimits, logger, metrics),
         })
       : createRedisReplayCache({ redis, prefix: 'ztgw:dpop:jti:', timeoutMs: config.redis!.commandTimeoutMs });
-  let policies: PolicySource | undefined;
-  try {
-    policies = config.policies && openPolicies(config, configDir, logger, metrics);
-  } catch (err) {
-    await registry.close();
-    redis?.disconnect();
-    throw err;
-  }
   return {
     redis,
     registry,
-    policies,
     replayCache,
     fingerprints: config.devices.fingerprint ? createFingerprintTracker({ maxDevices: 100_000 }) : undefined,
     ephemeralKey: await generateSigningKey(),
     async close() {
-      policies?.close();
       await registry.close();
       await replayCache.close?.();
       redis?.disconnect();

@@ -23,6 +23,13 @@ export interface IssuerRef {
 
 export const DEVICE_USAGE = `usage: ztgw device <command> [options]
 
+  id --key FILE | --cert FILE
+                  print the fingerprint to enroll a device by: the RFC 7638 thumbprint of
+                  its DPoP key (a JWK or PEM key file, public or private) or the x5t#S256
+                  of its client certificate (PEM). Needs no --config.
+
+  Every other command needs --config FILE: the gateway config whose registry it manages.
+
   enroll --id FP --owner SUB [--issuer NAME|ISS] [--managed] [--disk-encrypted] [--os NAME]
          [--os-version V] [--trust low|medium|high] [--label L] [--reinstate]
                   enroll (or re-enroll) the device whose key has fingerprint FP: the JWK

@@ -484,6 +484,49 @@ describe('ztgw policy replay', () => {
     expect(r).toMatchObject({ code: 0, out: expect.stringContaining('invalid records: 0\n') });
   });
 
+  // A policy repository's CI gates on replay: a change that would let in what was refused
+  // (deny → allow, or step_up → allow) fails the build; taking access away does not.
+  describe('exit 1 when a decision would now allow what was denied or stepped up', () => {
+    const readable = () => fixture({ 'decisions.jsonl': decisions().split('\n').slice(0, -2).join('\n') });
+    it('deny → allow: exit 1, and the report says so', async () => {
+      const policies = examplesWith({ 'payroll.yaml': [['\n      && has(device.owner_match) && device.owner_match', '']] });
+      const r = await run('replay', '--log', join(readable(), 'decisions.jsonl'), '--policies', policies);
+      expect(r.code).toBe(1);
+      expect(r.out).toContain('  flipped: 1 (allow → deny 0, deny → allow 1, other 0)\n  now allowed that were not: 1 (exit 1)\n');
+      expect(r.err.split('\n').filter((l) => l !== '' && !l.startsWith('warning: '))).toEqual([]); // only unchecked-name warnings
+    });
+
+    it('step_up → allow: exit 1', async () => {
+      const stepUp = { 'demo-echo.yaml': [['    when: has(identity.sub)\n', '    when: has(identity.sub)\n  - name: writes-step-up\n    effect: step_up\n    when: request.method == "POST"\n    stepUp: { acrValues: [phr] }\n']] as [string, string][] };
+      // Decisions made under the step-up rule, replayed against the examples without it.
+      const loaded = loadPolicyDir(examplesWith(stepUp), undefined);
+      if (!loaded.ok) throw new Error('the candidate does not load');
+      const input = inputFromJson({ request: { ...REQUEST, method: 'POST', host: '127.0.0.1', path: '/echo/x', route: 'echo' }, identity: { sub: 'bob' } });
+      const decision = createEvaluator(loaded.set).evaluate(input);
+      expect(decision.effect).toBe('step_up');
+      const dir = fixture({ 'decisions.jsonl': `${JSON.stringify(decisionRecord('r-1', decision, input, loaded.set.hash))}\n` });
+      const r = await run('replay', '--json', '--log', join(dir, 'decisions.jsonl'), '--policies', EXAMPLES);
+      expect(r.code).toBe(1);
+      expect(JSON.parse(r.out).flips.other).toMatchObject([{ was: { effect: 'step_up' }, now: { effect: 'allow' } }]);
+    });
+
+    it('allow → deny only: exit 0', async () => {
+      const policies = examplesWith({ 'code-read-encrypted.yaml': [['mode: report-only', 'mode: enforce']] });
+      const r = await run('replay', '--log', join(readable(), 'decisions.jsonl'), '--policies', policies);
+      expect(r.out).toContain('  flipped: 1 (allow → deny 1, deny → allow 0, other 0)\n');
+      expect(r.out).not.toContain('now allowed that were not');
+      expect(r.code).toBe(0);
+    });
+
+    it('an invalid record is exit 2 even with a widening (bad input first)', async () => {
+      const policies = examplesWith({ 'payroll.yaml': [['\n      && has(device.owner_match) && device.owner_match', '']] });
+      const dir = fixture({ 'decisions.jsonl': decisions() });
+      const r = await run('replay', '--log', join(dir, 'decisions.jsonl'), '--policies', policies);
+      expect(r.out).toContain('now allowed that were not: 1');
+      expect(r.code).toBe(2);
+    });
+  });
+
   // Keys that name members of Object.prototype once reached a table lookup as fields and
   // crashed the tool with a stack trace (exit 1), losing the report on every other record.
   it('a record with a key named constructor, toString or __proto__ is reported with its line and skipped, exit 2', async () => {

@@ -1,8 +1,9 @@
 // `ztgw policy validate|test|explain|replay`: the security team's tools for policies/.
 // Exit codes follow ztgw: 0 ok, 1 a policy test failed, 2 bad input (usage, a policy set,
 // test file, input or log that does not load; a log with any record that cannot be read,
-// after the report on the others). Flips found by replay are information, not failures:
-// exit 0.
+// after the report on the others). Replay exits 1 when a decision would now allow what was
+// denied or stepped up (a widening a policy repository's CI should stop on); other flips are
+// information, exit 0. Unreadable input (exit 2) takes precedence over a widening.
 //
 // Without --config there are no route, upstream or tier names to check policies against;
 // each unchecked reference is a warning line (on `err`), so that a typo cannot pass CI
@@ -40,8 +41,10 @@ export const POLICY_USAGE = `usage: ztgw policy <command> [options]
                                  every rule that applies, whether it matched, and why the effect came out
   replay --log FILE [--policies DIR] [--json]
                                  re-evaluate every decision in a decision log (JSON lines) against the
-                                 policies in DIR and list the decisions that would change; a record
-                                 that cannot be read is reported with its line and skipped (exit 2)
+                                 policies in DIR and list the decisions that would change. Exit 1
+                                 when any would now be allowed that was denied or stepped up (CI can
+                                 gate on it); a record that cannot be read is reported with its line
+                                 and skipped (exit 2, before 1)
 
   --config FILE   the gateway config the policies will run with: route and upstream names are
                   checked against it. Without it they are not checked, and each is a warning.
@@ -412,7 +415,13 @@ async function replay(args: string[], out: NodeJS.WritableStream, err: NodeJS.Wr
   // the report covers the rest, and the exit code says that something was left out.
   for (const i of report.invalid) err.write(`${values.log}:${i.line}: ${i.message}\n`);
   out.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : replayText(report));
-  return report.invalid.length > 0 ? 2 : 0;
+  if (report.invalid.length > 0) return 2;
+  return widened(report) > 0 ? 1 : 0;
+}
+
+/** Decisions that now allow what was denied or needed a step-up: access the change would grant. */
+function widened(r: ReplayReport): number {
+  return r.flips.denyToAllow.length + r.flips.other.filter((f) => f.now.effect === 'allow').length;
 }
 
 const GROUPS: [FlipGroup, string][] = [
@@ -429,6 +438,8 @@ function replayText(r: ReplayReport): string {
     `  unchanged: ${r.unchanged}${r.unchangedOtherRules > 0 ? ` (${r.unchangedOtherRules} decided by other rules)` : ''}`,
     `  flipped: ${flipped} (allow → deny ${r.flips.allowToDeny.length}, deny → allow ${r.flips.denyToAllow.length}, other ${r.flips.other.length})`,
   ];
+  const granted = widened(r);
+  if (granted > 0) lines.push(`  now allowed that were not: ${granted} (exit 1)`);
   for (const [g, title] of GROUPS) {
     const flips = r.flips[g];
     if (flips.length === 0) continue;

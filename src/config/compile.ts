@@ -3,10 +3,13 @@
 // frozen Runtime it started with; a reload compiles a new one and swaps the reference.
 import proxyaddr from 'proxy-addr';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { createSecureContext } from 'node:tls';
 import type { Config, RouteConfig } from './schema.ts';
 import type { CompiledRoute, RequestContext, Stage } from '../pipeline/context.ts';
 import { compileIssuer, type CompiledIssuer } from '../identity/issuers.ts';
-import { createTokenCache } from '../identity/token-cache.ts';
+import { createTokenCache, type TokenCache } from '../identity/token-cache.ts';
 import { compileAuthorities, createHygieneStage } from '../pipeline/hygiene.ts';
 import { canonicalPrefix, createRouteStage } from '../pipeline/route.ts';
 import { createAuthnStage } from '../pipeline/authn.ts';
@@ -14,7 +17,7 @@ import { pipelineOf } from '../pipeline/run.ts';
 import { createDeviceStage } from '../pipeline/device.ts';
 import { createAssertionStage } from '../pipeline/assertion.ts';
 import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '../identity/assertion.ts';
-import { createDpopVerifier, DPOP_FAILURE_LABELS, type DpopFailureLabel } from '../identity/dpop.ts';
+import { createDpopVerifier, DPOP_FAILURE_LABELS, type DpopFailureLabel, type DpopVerifier } from '../identity/dpop.ts';
 import { compileForwardingPolicy, type ForwardingPolicy } from '../upstream/headers.ts';
 import { compileDenyList, type HeaderDenyList } from '../upstream/header-deny-list.ts';
 import { compileResponsePolicy } from '../upstream/response-headers.ts';
@@ -24,6 +27,10 @@ import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createAuthzStage } from '../pipeline/authz.ts';
 import { compileRecordLimits } from '../policy/record-limits.ts';
 import { createLineBudget } from '../observability/line-budget.ts';
+import { createEvaluator, type Evaluator } from '../policy/evaluate.ts';
+import { loadPolicyDir, type KnownNames, type PolicyFileCache } from '../policy/load.ts';
+import { ConfigError, type ConfigIssue } from './load.ts';
+import { stableJson } from './reload.ts';
 
 export interface Runtime {
   readonly config: Readonly<Config>;
@@ -36,6 +43,41 @@ export interface Runtime {
   readonly trust: (addr: string, hop: number) => boolean;
   readonly forwarding: ForwardingPolicy;
   readonly assertions: AssertionSigner;
+  /** The policy set compiled against this config, when it has a policies section. */
+  readonly policies: RuntimePolicies | undefined;
+  /** The data plane's certificate material as read for this Runtime (rotation: re-read on reload). */
+  readonly tls: TlsMaterial | undefined;
+  /** What the next compile may reuse, each under the key of what it was built from. */
+  readonly parts: RuntimeParts;
+}
+
+export interface RuntimePolicies {
+  readonly dir: string;
+  readonly evaluator: Evaluator;
+  readonly warnings: readonly ConfigIssue[];
+  /** Compiled files by text, handed from Runtime to Runtime: an edit recompiles only what changed. */
+  readonly files: PolicyFileCache;
+}
+
+export interface TlsMaterial {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly ca?: Buffer;
+}
+
+/** A part and the stable JSON of the config it was built from: equal key, same part. */
+export interface Keyed<T> {
+  readonly key: string;
+  readonly value: T;
+}
+
+export interface RuntimeParts {
+  /** By issuer config; issuers with a jwksFile are rebuilt each time (the file may have rotated). */
+  readonly issuers: ReadonlyMap<string, CompiledIssuer>;
+  /** Verified tokens; reused only when every issuer was reused and identity.tokenCache is unchanged. */
+  readonly tokenCache: Keyed<TokenCache>;
+  /** The DPoP verifier and its key caches, by identity.dpop (the replay cache is a process service). */
+  readonly dpop: Keyed<DpopVerifier>;
 }
 
 /** The one mutable reference: reloads swap it, requests read it once at their start. */
@@ -47,7 +89,9 @@ export interface CompileDeps {
   /** Directory relative paths in the config resolve against. */
   readonly configDir: string;
   /** Process-lifetime resources (Redis, registry, replay cache) the stages use. */
-  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'policies'>;
+  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey'>;
+  /** The Runtime being replaced: its parts whose config did not change are reused. */
+  readonly previous?: Runtime;
   /** Where decision lines go (unredacted: their fields are chosen, credentials excluded). */
   readonly decisionLog: Logger;
   /** The gateway's log (security events such as DPoP refusals). */
@@ -105,11 +149,78 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/**
+ * The names policies may refer to, from the config they will run with. A part that policies
+ * name (rate-limit tiers, anomaly models) adds its names here and nowhere else: the policy
+ * set is then checked against them on every compile, config reload and policy edit alike.
+ */
+export function knownPolicyNames(config: Config): KnownNames {
+  return {
+    tiers: new Set<string>(), // rate-limit tiers arrive with their issue; until then none exist
+    upstreams: new Set(Object.keys(config.upstreams)),
+    routes: new Set(config.routes.map((r) => r.name)),
+  };
+}
+
+/** Throws ConfigError (policy file:line:col) when the set does not load against this config's names. */
+function compilePolicies(config: Config, configDir: string, previous: RuntimePolicies | undefined): RuntimePolicies | undefined {
+  if (config.policies === undefined) return undefined;
+  const dir = resolve(configDir, config.policies.dir);
+  // Shared with the running Runtime on purpose: an entry is a pure function of a file's
+  // path, text and the names it was checked against, so a refused compile cannot spoil it.
+  const files = previous?.files ?? new Map();
+  let loaded: ReturnType<typeof loadPolicyDir>;
+  try {
+    loaded = loadPolicyDir(dir, knownPolicyNames(config), files);
+  } catch (err) {
+    // load.ts refuses bad text without throwing; this is for what nobody foresaw.
+    const message = `the policy set could not be compiled (${err instanceof Error ? err.message : String(err)})`;
+    throw new ConfigError([{ file: dir, line: 1, col: 1, field: '', message }]);
+  }
+  if (!loaded.ok) throw new ConfigError(loaded.issues);
+  // The hash covers every file's name and text; the names it refers to were checked just now.
+  const evaluator = previous?.evaluator.set.hash === loaded.set.hash ? previous.evaluator : createEvaluator(loaded.set);
+  return { dir, evaluator, warnings: loaded.warnings, files };
+}
+
+/** Reads and checks the certificate files; a bad one refuses the compile (a reload keeps the last good). */
+function readTls(tls: Config['server']['tls'], configDir: string): TlsMaterial | undefined {
+  if (tls === undefined) return undefined;
+  const files = [tls.certFile, tls.keyFile, tls.clientCaFile].filter((f) => f !== undefined).map((f) => resolve(configDir, f));
+  const material: TlsMaterial = {
+    cert: readFileSync(resolve(configDir, tls.certFile)),
+    key: readFileSync(resolve(configDir, tls.keyFile)),
+    ...(tls.clientCaFile === undefined ? {} : { ca: readFileSync(resolve(configDir, tls.clientCaFile)) }),
+  };
+  try {
+    createSecureContext(material);
+  } catch (err) {
+    throw new Error(`server.tls: ${files.join(', ')}: ${(err as Error).message}`, { cause: err });
+  }
+  return material;
+}
+
+function reuse<T>(previous: Keyed<T> | undefined, key: string, build: () => T): Keyed<T> {
+  return previous?.key === key ? previous : { key, value: build() };
+}
+
 export async function compileRuntime(config: Config, deps: CompileDeps): Promise<Runtime> {
   const frozen = deepFreeze(structuredClone(config));
   const now = deps.now ?? Date.now;
   const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
-  const issuers = frozen.identity.issuers.map((i) => compileIssuer(i, { configDir: deps.configDir }));
+  const previous = deps.previous?.parts;
+  const policies = compilePolicies(frozen, deps.configDir, deps.previous?.policies);
+  const tls = readTls(frozen.server.tls, deps.configDir);
+  const issuerParts = new Map<string, CompiledIssuer>();
+  const issuers = frozen.identity.issuers.map((i) => {
+    const key = stableJson([i, deps.configDir]);
+    const issuer = (i.jwksFile === undefined ? previous?.issuers.get(key) : undefined) ?? compileIssuer(i, { configDir: deps.configDir });
+    issuerParts.set(key, issuer);
+    return issuer;
+  });
+  // A cached verification is only as good as the issuers that made it.
+  const sameIssuers = deps.previous !== undefined && issuers.length === deps.previous.issuers.length && issuers.every((i, n) => i === deps.previous!.issuers[n]);
+  const tokenCache = reuse(sameIssuers ? previous?.tokenCache : undefined, stableJson(frozen.identity.tokenCache), () => createTokenCache(frozen.identity.tokenCache));
   const sharedDenyList = compileDenyList({ extra: denyExtra(frozen) });
   const routes = frozen.routes.map((r) => compileRoute(r, frozen, sharedDenyList, deps.logger));
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
@@ -125,6 +236,16 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     const level = reason === 'nonce' || reason === 'nonce_missing' ? 'info' : 'warn';
     deps.logger[level]({ reqId: ctx.id, route: ctx.route?.name, reason }, 'dpop proof refused');
   };
+  const dpopVerifier = reuse(previous?.dpop, stableJson(dpop), () =>
+    createDpopVerifier({
+      algorithms: [...dpop.algorithms],
+      maxAgeS: dpop.maxAgeS,
+      futureSkewS: dpop.futureSkewS,
+      replay: deps.services.replayCache,
+      nonce: dpop.nonce && { secret: new TextEncoder().encode(dpop.nonce.secret), windowS: dpop.nonce.windowS },
+      now,
+    }),
+  );
   const stages = pipelineOf({
     hygiene: createHygieneStage({
       trust,
@@ -135,19 +256,12 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     route: createRouteStage(routes),
     authn: createAuthnStage({
       issuers: new Map(issuers.map((i) => [i.issuer, i])),
-      cache: createTokenCache(frozen.identity.tokenCache),
+      cache: tokenCache.value,
       dpopAlgorithms: dpop.algorithms,
       now,
     }),
     device: createDeviceStage({
-      dpop: createDpopVerifier({
-        algorithms: [...dpop.algorithms],
-        maxAgeS: dpop.maxAgeS,
-        futureSkewS: dpop.futureSkewS,
-        replay: deps.services.replayCache,
-        nonce: dpop.nonce && { secret: new TextEncoder().encode(dpop.nonce.secret), windowS: dpop.nonce.windowS },
-        now,
-      }),
+      dpop: dpopVerifier.value,
       registry: deps.services.registry,
       fingerprints: deps.services.fingerprints,
       staleAfterS: frozen.devices.staleAfterS,
@@ -157,10 +271,10 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       now,
     }),
     authz:
-      deps.services.policies === undefined
+      policies === undefined
         ? undefined
         : createAuthzStage({
-            policies: deps.services.policies,
+            policies: { current: policies.evaluator },
             upstreams: frozen.upstreams,
             decisionLog: deps.decisionLog,
             allowSampleRate: frozen.policies?.decisionLog.allowSampleRate ?? 0,
@@ -188,5 +302,8 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     trust,
     forwarding: compileForwardingPolicy(frozen.assertion.header),
     assertions,
+    policies,
+    tls,
+    parts: Object.freeze({ issuers: issuerParts, tokenCache, dpop: dpopVerifier }),
   });
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
-import { formatAccessLine, type AccessRecord } from './access-log.ts';
+import { createAccessRecorder, formatAccessLine, type AccessRecord } from './access-log.ts';
 import { InvalidTokenError } from '../pipeline/errors.ts';
 
 const record = (over: Partial<AccessRecord> = {}): AccessRecord => ({
@@ -78,5 +78,27 @@ describe('formatAccessLine', () => {
     const parsed = JSON.parse(formatAccessLine(record({ ms: undefined, upgrade: 'websocket' }), 'echo', 'allow'));
     expect(parsed.upgrade).toBe('websocket');
     expect('ms' in parsed).toBe(false);
+  });
+
+  it("a WebSocket session's closing line: its own message, the bytes each way, same fields otherwise", () => {
+    const parsed = JSON.parse(formatAccessLine(record({ status: 101, upgrade: 'websocket', session: { bytesIn: 12, bytesOut: 34 } }), 'echo', 'allow'));
+    expect(parsed).toMatchObject({ log: 'access', status: 101, upgrade: 'websocket', bytesIn: 12, bytesOut: 34, msg: 'websocket closed' });
+  });
+});
+
+describe('createAccessRecorder', () => {
+  it('counts a request once: the closing line of its WebSocket session is written, not counted', () => {
+    const lines: string[] = [];
+    const counted: unknown[] = [];
+    const metrics = {
+      requests: { inc: (...a: unknown[]) => counted.push(a) },
+      requestDuration: { series: () => ({ observe: () => {} }) },
+      authFailures: { inc: () => {} },
+    } as unknown as Parameters<typeof createAccessRecorder>[1];
+    const recordLine = createAccessRecorder({ enabled: true, write: (l) => lines.push(l) }, metrics);
+    recordLine(record({ status: 101, upgrade: 'websocket' }));
+    recordLine(record({ status: 101, upgrade: 'websocket', session: { bytesIn: 1, bytesOut: 2 } }));
+    expect(lines.map((l) => JSON.parse(l).msg)).toEqual(['access', 'websocket closed']);
+    expect(counted).toHaveLength(1);
   });
 });

@@ -24,6 +24,19 @@ export interface AccessRecord {
   readonly client: string | undefined;
   /** Set for WebSocket upgrades (and CONNECT): the protocol that was asked for. */
   readonly upgrade?: string;
+  /**
+   * Set on the second line of a relayed WebSocket: written when the session ends (the
+   * handshake had its own line, which counted the request). `ms` is then how long it lasted.
+   */
+  readonly session?: SessionTotals;
+}
+
+/** Payload bytes a WebSocket session carried each way, frames included, handshake not. */
+export interface SessionTotals {
+  /** Client to upstream. */
+  readonly bytesIn: number;
+  /** Upstream to client. */
+  readonly bytesOut: number;
 }
 
 export type AccessRecorder = (record: AccessRecord) => void;
@@ -57,15 +70,21 @@ export function formatAccessLine(r: AccessRecord, route: string, decision: Decis
   return (
     `{"level":30,"time":${Date.now()},"svc":"ztgw","log":"access"${str('reqId', r.reqId)}${str('method', r.method)}${str('path', loggedPath(r.path))}` +
     `${str('route', route)},"status":${r.status}${ms},"decision":"${decision}"${str('sub', r.sub)}${str('client', r.client)}${str('code', r.error?.code)}` +
-    `${str('upgrade', r.upgrade)},"msg":"access"}\n`
+    `${str('upgrade', r.upgrade)}${sessionFields(r.session)}}\n`
   );
 }
+
+// A session's end is not another request: its own message, so "msg":"access" still counts requests.
+const sessionFields = (s: SessionTotals | undefined): string =>
+  s === undefined ? ',"msg":"access"' : `,"bytesIn":${s.bytesIn},"bytesOut":${s.bytesOut},"msg":"websocket closed"`;
 
 export function createAccessRecorder(sink: AccessLineSink, metrics: GatewayMetrics): AccessRecorder {
   return (r: AccessRecord): void => {
     const route = r.route ?? 'none';
     const { status, error } = r;
     const decision = decisionOf(status, error, r.route !== undefined);
+    // The session's handshake was counted; its end only adds a line.
+    if (r.session !== undefined) return void (sink.enabled && sink.write(formatAccessLine(r, route, decision)));
     metrics.requests.inc(route, status, decision);
     if (r.ms !== undefined) metrics.requestDuration.series(route).observe(r.ms / 1000);
     // 401s and 403s by code: credential stuffing, DPoP replays, policy denies and revoked

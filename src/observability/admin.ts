@@ -30,12 +30,14 @@ import {
 
 export interface AdminPlaneOptions {
   readonly holder: RuntimeHolder;
-  readonly services: Pick<Services, 'redis' | 'policies'>;
+  readonly services: Pick<Services, 'redis'>;
   readonly logger: Logger;
   readonly metrics: GatewayMetrics;
   readonly isDraining: () => boolean;
   /** Extra readiness details, e.g. the last failed reload. */
   readonly lastReloadError?: () => string | undefined;
+  /** Config fields changed on disk that only a restart applies (config/reload.ts). */
+  readonly restartRequired?: () => readonly string[];
   /** The admin token (admin-token.ts), when the config names one. Without it only the open endpoints exist. */
   readonly credential?: AdminCredential;
 }
@@ -131,13 +133,15 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
   app.get('/health', alive);
 
   app.get('/readyz', async (_request, reply) => {
-    const readiness = await checkReadiness(opts.holder.current, opts.isDraining(), opts.services.redis, opts.services.policies);
     const lastReloadError = opts.lastReloadError?.();
+    const readiness = await checkReadiness(opts.holder.current, opts.isDraining(), opts.services.redis, lastReloadError);
+    const restartRequired = opts.restartRequired?.() ?? [];
     return reply.code(readiness.ready ? 200 : 503).send({
       status: readiness.ready ? 'ready' : 'not ready',
       config: opts.holder.current.version,
       checks: readiness.checks,
       ...(lastReloadError ? { lastReloadError } : {}),
+      ...(restartRequired.length > 0 ? { restartRequired } : {}),
     });
   });
 

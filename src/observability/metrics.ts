@@ -1,6 +1,6 @@
 // Prometheus metrics, on a registry owned by one gateway instance (never prom-client's
 // global one), so two gateways in one process — tests, benchmarks — do not collide.
-import { collectDefaultMetrics, Counter, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { LeanCounter, LeanHistogram } from './lean-metrics.ts';
 
 // Latency buckets in seconds: sub-millisecond resolution for the gateway's own overhead,
@@ -18,6 +18,8 @@ export interface GatewayMetrics {
   readonly upstreamErrors: Counter<'route' | 'code'>;
   readonly authFailures: Counter<'reason'>;
   readonly configReloads: Counter<'result'>;
+  /** 1 while the config file holds a change to a field only a restart applies (config/reload.ts). */
+  readonly configRestartRequired: Gauge;
   readonly dependencyErrors: Counter<'dependency'>;
   /** DPoP refusals by the verifier's closed reason set (identity/dpop.ts DpopFailureReason). */
   readonly dpopFailures: Counter<'reason'>;
@@ -125,8 +127,13 @@ export function createMetrics(): GatewayMetrics {
     }),
     configReloads: new Counter({
       name: 'ztgw_config_reloads_total',
-      help: 'Configuration reload attempts, by result (ok or failed: the old config stays).',
+      help: 'Configuration reload attempts, by result (ok or failed: the old config and policy set stay, the reason is on /readyz).',
       labelNames: ['result'],
+      registers,
+    }),
+    configRestartRequired: new Gauge({
+      name: 'ztgw_config_restart_required',
+      help: '1 when the last applied reload changed fields that only a restart applies (listen addresses, admin plane, Redis URL, log level and files, device registry…); /readyz names them.',
       registers,
     }),
   };

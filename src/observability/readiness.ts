@@ -2,7 +2,6 @@
 // configured dependency reachable. Each check names itself so an operator sees which failed.
 import type { Redis } from 'ioredis';
 import type { Runtime } from '../config/compile.ts';
-import type { PolicySource } from '../policy/source.ts';
 
 export interface CheckResult {
   readonly name: string;
@@ -40,20 +39,22 @@ async function checkRedis(redis: Redis): Promise<CheckResult> {
   }
 }
 
-/** Serving the last good set is ready; a failed reload is shown, not fatal. */
-function checkPolicies(policies: PolicySource): CheckResult {
-  const active = `set ${policies.current.set.hash}`;
-  const failed = policies.lastError;
-  return { name: 'policies', ok: true, detail: failed === undefined ? active : `${active}; last reload failed (kept the active set):\n${failed}` };
+/**
+ * Serving the last good set is ready; a failed reload is shown, not fatal. The set is part
+ * of the Runtime, so a reload refused for a config reason kept it too.
+ */
+function checkPolicies(policies: NonNullable<Runtime['policies']>, lastReloadError: string | undefined): CheckResult {
+  const active = `set ${policies.evaluator.set.hash}`;
+  return { name: 'policies', ok: true, detail: lastReloadError === undefined ? active : `${active}; last reload failed (kept the active set):\n${lastReloadError}` };
 }
 
-export async function checkReadiness(runtime: Runtime | undefined, draining: boolean, redis?: Redis, policies?: PolicySource): Promise<Readiness> {
+export async function checkReadiness(runtime: Runtime | undefined, draining: boolean, redis?: Redis, lastReloadError?: string): Promise<Readiness> {
   const checks: CheckResult[] = [
     { name: 'config', ok: runtime !== undefined, detail: runtime ? `version ${runtime.version}` : 'not loaded' },
     { name: 'draining', ok: !draining, detail: draining ? 'shutting down' : undefined },
   ];
   if (runtime !== undefined) checks.push(...(await checkIssuerKeys(runtime)));
   if (redis !== undefined) checks.push(await checkRedis(redis));
-  if (policies !== undefined) checks.push(checkPolicies(policies));
+  if (runtime?.policies !== undefined) checks.push(checkPolicies(runtime.policies, lastReloadError));
   return { ready: checks.every((c) => c.ok), checks };
 }

@@ -2,8 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
 import { compilePolicyFiles } from '../policy/load.ts';
-import { createEvaluator } from '../policy/evaluate.ts';
-import type { PolicySource } from '../policy/source.ts';
+import { createEvaluator, type Evaluator } from '../policy/evaluate.ts';
 import type { CompiledRoute, RequestContext } from './context.ts';
 import { AccessDeniedError, StepUpRequiredError } from './errors.ts';
 import { createAuthzStage } from './authz.ts';
@@ -23,11 +22,11 @@ rules:
     stepUp: { acrValues: [mfa], maxAgeS: 60 }
 `;
 
-function source(): PolicySource {
+function source(): { current: Evaluator } {
   const result = compilePolicyFiles([{ file: 'p.yaml', text: POLICY }], undefined);
   if (!result.ok) throw new Error(JSON.stringify(result.issues));
   const evaluator = createEvaluator(result.set);
-  return { current: evaluator, lastError: undefined, reload: () => undefined, close: () => {} };
+  return { current: evaluator };
 }
 
 function stage(random: number) {

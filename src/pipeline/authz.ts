@@ -2,8 +2,7 @@
 // RFC 9470; the decision, its deciding rules and the policy-set hash go to the decision log
 // (denies and step-ups always, allows sampled) and stay on the context for the assertion.
 import type { Logger } from 'pino';
-import type { PolicySource } from '../policy/source.ts';
-import { toPolicyInput, type Decision } from '../policy/evaluate.ts';
+import { toPolicyInput, type Decision, type Evaluator } from '../policy/evaluate.ts';
 import { decisionRecord } from '../policy/record.ts';
 import type { RecordLimits } from '../policy/record-limits.ts';
 import type { LineBudget } from '../observability/line-budget.ts';
@@ -13,7 +12,8 @@ import { AccessDeniedError, StepUpRequiredError } from './errors.ts';
 import { upstreamPathFor } from './route.ts';
 
 export interface AuthzDeps {
-  readonly policies: PolicySource;
+  /** The set's evaluator; read once per decision (the Runtime holds a fixed one). */
+  readonly policies: { readonly current: Evaluator };
   /** Named upstreams an obligation may send a request to: name → base URL. */
   readonly upstreams: Readonly<Record<string, string>>;
   readonly decisionLog: Logger;

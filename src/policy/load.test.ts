@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
 import { formatIssue, type ConfigIssue } from '../config/load.ts';
-import { compilePolicyFiles, loadPolicyDir, type KnownNames, type PolicyFile } from './load.ts';
+import { compilePolicyFiles, loadPolicyDir, type KnownNames, type PolicyFile, type PolicyFileCache } from './load.ts';
 import type { PolicySet } from './set.ts';
 
 const KNOWN: KnownNames = { tiers: new Set(['standard', 'strict']), upstreams: new Set(['quarantine']), routes: new Set(['code', 'payroll']) };
@@ -240,5 +240,37 @@ describe('loadPolicyDir', () => {
   it('an empty or missing directory is an error, not a silent deny-all', () => {
     expect(loadPolicyDir(dir(), KNOWN)).toMatchObject({ ok: false, issues: [{ line: 1, col: 1, message: 'no policy files (*.yaml) in the directory' }] });
     expect(loadPolicyDir(join(dir(), 'nope'), KNOWN)).toMatchObject({ ok: false, issues: [{ message: 'cannot read directory (ENOENT)' }] });
+  });
+});
+
+describe('incremental compile (a file cache handed from set to set)', () => {
+  const other = (n: number, when = '"eng" in identity.groups') =>
+    ({ file: `/p/other-${n}.yaml`, text: `apiVersion: zt-gateway/v1\nname: other-${n}\nrules:\n  - name: r\n    effect: allow\n    when: '${when}'\n` });
+
+  it('reuses the files whose text did not change, recompiles the edited one, and drops removed ones', () => {
+    const cache: PolicyFileCache = new Map();
+    const first = compilePolicyFiles([{ file: '/p/code.yaml', text: CODE }, other(1), other(2)], KNOWN, cache);
+    const edited = compilePolicyFiles([{ file: '/p/code.yaml', text: CODE }, other(1, '"sre" in identity.groups')], KNOWN, cache);
+    if (!first.ok || !edited.ok) throw new Error('expected both to compile');
+    expect(edited.set.policies[0]!.rules[0]).toBe(first.set.policies[0]!.rules[0]); // code.yaml: not recompiled
+    expect(edited.set.policies[1]!.rules[0]).not.toBe(first.set.policies[1]!.rules[0]); // the edit is
+    expect(edited.set.policies[1]!.rules[0]!.condition).not.toBe(first.set.policies[1]!.rules[0]!.condition);
+    expect(edited.set.policies.map((p) => p.order)).toEqual([0, 1]);
+    expect([...cache.keys()].map((k) => k.split('\u0000')[0])).toEqual(['/p/code.yaml', '/p/other-1.yaml']);
+  });
+
+  it('checks cached files again against other names: a dropped upstream or route is still refused', () => {
+    const cache: PolicyFileCache = new Map();
+    expect(compilePolicyFiles([{ file: '/p/code.yaml', text: CODE }], KNOWN, cache).ok).toBe(true);
+    const fewer = compilePolicyFiles([{ file: '/p/code.yaml', text: CODE }], { ...KNOWN, routes: new Set(['payroll']) }, cache);
+    expect(fewer.ok).toBe(false);
+    expect(!fewer.ok && fewer.issues.map(formatIssue).join('\n')).toMatch(/unknown route "code"/);
+  });
+
+  it('finds a duplicate policy name between a cached file and a new one', () => {
+    const cache: PolicyFileCache = new Map();
+    expect(compilePolicyFiles([other(1)], KNOWN, cache).ok).toBe(true);
+    const twice = compilePolicyFiles([other(1), { ...other(1), file: '/p/copy.yaml' }], KNOWN, cache);
+    expect(!twice.ok && twice.issues.map(formatIssue).join('\n')).toMatch(/duplicate policy name "other-1"/);
   });
 });

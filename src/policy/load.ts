@@ -76,7 +76,7 @@ const isPolicyFile = (name: string) => /\.ya?ml$/.test(name) && !name.startsWith
  * `known` undefined: route, tier and upstream names are accepted unchecked and listed in
  * the result's `unchecked` (tooling without a gateway config; the gateway always passes them).
  */
-export function loadPolicyDir(dir: string, known: KnownNames | undefined): PolicyLoadResult {
+export function loadPolicyDir(dir: string, known: KnownNames | undefined, cache?: PolicyFileCache): PolicyLoadResult {
   const at = (message: string): PolicyLoadResult => ({ ok: false, issues: [{ file: dir, line: 1, col: 1, field: '', message }] });
   let names: string[];
   try {
@@ -99,11 +99,56 @@ export function loadPolicyDir(dir: string, known: KnownNames | undefined): Polic
       issues.push({ file, line: 1, col: 1, field: '', message: `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})` });
     }
   }
-  return issues.length > 0 ? { ok: false, issues } : compilePolicyFiles(files, known);
+  return issues.length > 0 ? { ok: false, issues } : compilePolicyFiles(files, known, cache);
+}
+
+/** One file compiled on its own: everything but its place in the set and the cross-file name check. */
+interface FileResult {
+  readonly text: string;
+  /** The policy's name and where it is written, when the file parsed. */
+  readonly name?: { readonly value: string; readonly at: ConfigIssue };
+  readonly policy?: CompiledPolicy;
+  readonly issues: readonly ConfigIssue[];
+  readonly unchecked: readonly ConfigIssue[];
+  readonly warnings: readonly ConfigIssue[];
+}
+
+/**
+ * Files compiled before, by path and the names they were checked against; an entry is used
+ * only while the file's text is the same. With it, an edit to one file of a large set
+ * recompiles that file (YAML, schema, CEL) and rebuilds only the index. The caller owns
+ * it (one per gateway); each compile drops the entries of files no longer there.
+ */
+export type PolicyFileCache = Map<string, FileResult>;
+
+function knownKey(known: KnownNames | undefined): string {
+  if (known === undefined) return '';
+  const list = (names: ReadonlySet<string> | undefined) => (names === undefined ? null : [...names].sort());
+  // Digested: with a thousand routes the list is long, and it is part of every file's key.
+  return createHash('sha256').update(JSON.stringify([list(known.tiers), list(known.upstreams), list(known.routes)])).digest('base64url');
+}
+
+function compileFile(file: string, text: string, known: KnownNames | undefined): FileResult {
+  const unchecked: ConfigIssue[] = [];
+  const warnings: ConfigIssue[] = [];
+  try {
+    const parsed = parseValidated(text, file, validate);
+    if ('issues' in parsed) return { text, issues: parsed.issues, unchecked, warnings };
+    const doc = parsed.data;
+    const name = { value: doc.name, at: parsed.issue(['name'], '') };
+    const result = compilePolicy(doc, file, parsed, known, unchecked, warnings, 0);
+    if (Array.isArray(result)) return { text, name, issues: result, unchecked, warnings };
+    return { text, name, policy: result, issues: [], unchecked, warnings };
+  } catch (err) {
+    // Belt and braces: no policy text may make a load throw (a hot reload runs in a
+    // timer, where a throw ends the process). The file is refused like any bad file.
+    const message = `the policy could not be compiled (${err instanceof Error ? err.message : String(err)})`;
+    return { text, issues: [{ file, line: 1, col: 1, field: '', message }], unchecked, warnings };
+  }
 }
 
 /** The same, from texts: for tests, and for sources other than a directory. */
-export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames | undefined): PolicyLoadResult {
+export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames | undefined, cache?: PolicyFileCache): PolicyLoadResult {
   const sorted = [...files].sort((a, b) => compare(basename(a.file), basename(b.file)) || compare(a.file, b.file));
   const issues: ConfigIssue[] = [];
   const unchecked: ConfigIssue[] = [];
@@ -111,27 +156,27 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
   const policies: CompiledPolicy[] = [];
   const firstByName = new Map<string, string>();
 
+  const names = knownKey(known);
+  const seen = new Set<string>();
   for (const { file, text } of sorted) {
-    try {
-      const parsed = parseValidated(text, file, validate);
-      if ('issues' in parsed) {
-        issues.push(...parsed.issues);
-        continue;
-      }
-      const doc = parsed.data;
-      const first = firstByName.get(doc.name);
-      if (first !== undefined) issues.push(parsed.issue(['name'], `duplicate policy name "${doc.name}" (first defined in ${first})`));
-      else firstByName.set(doc.name, file);
-
-      const result = compilePolicy(doc, file, parsed, known, unchecked, warnings, policies.length);
-      if (Array.isArray(result)) issues.push(...result);
-      else policies.push(result);
-    } catch (err) {
-      // Belt and braces: no policy text may make a load throw (a hot reload runs in a
-      // timer, where a throw ends the process). The file is refused like any bad file.
-      issues.push({ file, line: 1, col: 1, field: '', message: `the policy could not be compiled (${err instanceof Error ? err.message : String(err)})` });
+    const key = `${file}\u0000${names}`;
+    seen.add(key);
+    let compiled = cache?.get(key);
+    if (compiled?.text !== text) {
+      compiled = compileFile(file, text, known);
+      cache?.set(key, compiled);
     }
+    issues.push(...compiled.issues);
+    unchecked.push(...compiled.unchecked);
+    warnings.push(...compiled.warnings);
+    if (compiled.name === undefined) continue;
+    const first = firstByName.get(compiled.name.value);
+    if (first !== undefined) issues.push({ ...compiled.name.at, message: `duplicate policy name "${compiled.name.value}" (first defined in ${first})` });
+    else firstByName.set(compiled.name.value, file);
+    const policy = compiled.policy;
+    if (policy !== undefined) policies.push(policy.order === policies.length ? policy : Object.freeze({ ...policy, order: policies.length }));
   }
+  if (cache !== undefined) for (const key of cache.keys()) if (!seen.has(key)) cache.delete(key);
 
   if (issues.length > 0) return { ok: false, issues: sortIssues(issues) };
   const frozen = Object.freeze(policies);

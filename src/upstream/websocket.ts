@@ -22,7 +22,7 @@ import type { RuntimeHolder } from '../config/compile.ts';
 import { newContext, requestIdFor, type RequestContext } from '../pipeline/context.ts';
 import { BadRequestError, ClientClosedRequestError, ShuttingDownError, UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../pipeline/errors.ts';
 import { runPipeline } from '../pipeline/run.ts';
-import type { AccessRecorder } from '../observability/access-log.ts';
+import type { AccessRecord, AccessRecorder } from '../observability/access-log.ts';
 import { closeAfterWrite, responseHead, writeProblemToSocket } from '../observability/client-error.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { clientResponseHeaders, upstreamRequestHeaders, WEBSOCKET_HANDSHAKE, type ForwardingPolicy } from './headers.ts';
@@ -34,6 +34,8 @@ export interface UpgradeOptions {
   readonly isDraining: () => boolean;
   readonly record: AccessRecorder;
   readonly metrics: GatewayMetrics;
+  /** Aborted at the shutdown deadline: open sessions are then ended, each with its closing line. */
+  readonly drainDeadline?: AbortSignal;
 }
 
 /** Does a comma-separated header value list `token` (ASCII case-insensitive)? */
@@ -136,10 +138,16 @@ interface Attempt {
 
 export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): void {
   const { holder, logger, record, metrics } = opts;
+  // Relayed sessions, each with the function that ends it. Node's closeAllConnections does not
+  // reach a socket after its upgrade, so at the shutdown deadline they are ended here.
+  const sessions = new Set<(error: ZtError) => void>();
+  opts.drainDeadline?.addEventListener('abort', () => {
+    for (const end of sessions) end(new ShuttingDownError('websocket session cut at the shutdown deadline'));
+  });
 
-  const finish = (attempt: Attempt, status: number, error: ZtError | undefined): void => {
+  const lineOf = (attempt: Attempt, status: number, error: ZtError | undefined): AccessRecord => {
     const { ctx } = attempt;
-    record({
+    return {
       reqId: ctx.id,
       method: ctx.method,
       path: ctx.path || ctx.rawUrl,
@@ -150,8 +158,9 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
       sub: ctx.identity?.subject,
       client: ctx.clientIp || ctx.peerIp,
       upgrade: attempt.protocol,
-    });
+    };
   };
+  const finish = (attempt: Attempt, status: number, error: ZtError | undefined): void => record(lineOf(attempt, status, error));
 
   const refuse = (attempt: Attempt, socket: Duplex, err: unknown): void => {
     if (!(err instanceof ZtError)) logger.error({ reqId: attempt.ctx.id, err }, 'upgrade failed');
@@ -235,10 +244,23 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
       client.write(responseHead(101, out));
       if (upstreamHead.length > 0) client.write(upstreamHead);
       if (head.length > 0) upstream.write(head);
-      const close = () => {
+      // Counted as they pass (one addition per chunk): the session's closing line says what it carried.
+      const opened = performance.now();
+      let bytesIn = head.length;
+      let bytesOut = upstreamHead.length;
+      client.on('data', (chunk: Buffer) => void (bytesIn += chunk.length));
+      upstream.on('data', (chunk: Buffer) => void (bytesOut += chunk.length));
+      let ended = false;
+      const end = (error?: ZtError): void => {
+        if (ended) return;
+        ended = true;
+        sessions.delete(end);
         client.destroy();
         upstream.destroy();
+        record({ ...lineOf(attempt, 101, error), ms: performance.now() - opened, session: { bytesIn, bytesOut } });
       };
+      const close = () => end();
+      sessions.add(end);
       client.on('error', close).on('close', close);
       upstream.on('close', close);
       client.pipe(upstream).pipe(client);

@@ -194,6 +194,9 @@ describe('verified-token cache', () => {
     );
     try {
       const token = await idp.sign({}, { sub: 'alice', aud: AUD, expiresIn: 60 });
+      // The gateway's clock starts at the token's issue, not before the gateway started: on a
+      // busy machine that start took seconds, and the token looked issued in the future.
+      now = Date.now();
       const send = () => rawRequest(clocked.url, '/echo/x', { headers: { authorization: `Bearer ${token}` } });
       expect((await send()).status).toBe(200);
       expect((await send()).status).toBe(200); // served from the cache

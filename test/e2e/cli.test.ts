@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, getPriority, tmpdir } from 'node:os';
+import { createServer, type AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer } from '../../src/dev/issuer.ts';
@@ -14,6 +15,16 @@ const dir = mkdtempSync(join(tmpdir(), 'ztgw-cli-'));
 
 function ztgw(args: string[], env: NodeJS.ProcessEnv = {}) {
   return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 20_000 });
+}
+
+/** Like ztgw(), without blocking the event loop (a test's own server must keep answering). */
+function ztgwAsync(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000 });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((ok) => child.once('close', (status) => ok({ status, stdout, stderr })));
 }
 
 function startZtgw(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
@@ -99,11 +110,16 @@ describe('ztgw validate', () => {
 
 describe('--help and unknown options, for every command', () => {
   const commands: [string[], RegExp][] = [
-    [['serve'], /^usage: ztgw /],
-    [['validate'], /^usage: ztgw /],
-    [['demo'], /^usage: ztgw /],
-    [['token'], /^usage: ztgw /],
+    [['serve'], /^usage: ztgw serve /],
+    [['validate'], /^usage: ztgw validate /],
+    [['demo'], /^usage: ztgw demo\n/],
+    [['token'], /^usage: ztgw token /],
+    [['keys'], /^usage: ztgw keys generate /],
+    [['keys', 'generate'], /^usage: ztgw keys generate /],
+    [['dpop'], /^usage: ztgw dpop curl /],
+    [['dpop', 'curl'], /^usage: ztgw dpop curl /],
     [['device'], /^usage: ztgw device /],
+    [['device', 'id'], /^usage: ztgw device id --key FILE/],
     [['device', 'enroll'], /^usage: ztgw device /],
     [['policy'], /^usage: ztgw policy /],
     [['policy', 'test'], /^usage: ztgw policy /],
@@ -124,6 +140,48 @@ describe('--help and unknown options, for every command', () => {
     expect(second).toBe('');
     expect(bad.stderr).toMatch(/usage: ztgw/);
   }, 30_000);
+});
+
+describe('ztgw --version', () => {
+  it("prints package.json's version, exit 0", () => {
+    const { version } = JSON.parse(readFileSync(resolve(import.meta.dirname, '../../package.json'), 'utf8')) as { version: string };
+    const r = ztgw(['--version']);
+    expect(r).toMatchObject({ status: 0, stdout: `ztgw ${version}\n`, stderr: '' });
+  });
+});
+
+// A port in use once ended in Node's stack trace (exit 1): now one line naming the port and
+// what moves it, still exit 1 (the machine's state, not a bad config), nothing else.
+describe('a port in use', () => {
+  async function holding<T>(fn: (port: number) => Promise<T>): Promise<T> {
+    const blocker = createServer();
+    await new Promise<void>((ok) => blocker.listen(0, '127.0.0.1', ok));
+    try {
+      return await fn((blocker.address() as AddressInfo).port);
+    } finally {
+      blocker.close();
+    }
+  }
+
+  it.each(['ZTGW_PORT', 'ZTGW_ADMIN_PORT', 'ZTGW_ECHO_PORT'])('demo: names the port and %s, exit 1, no stack trace', async (variable) =>
+    holding(async (port) => {
+      const env = { ZTGW_PORT: String(await freePort()), ZTGW_ADMIN_PORT: String(await freePort()), ZTGW_ECHO_PORT: String(await freePort()), [variable]: String(port) };
+      const run = await ztgwAsync(['demo'], env);
+      expect(run.status).toBe(1);
+      const lines = run.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('{')); // log lines aside
+      expect(lines).toEqual([`ztgw: port ${port} on 127.0.0.1 is in use by another process; set ${variable} to another port (or stop that process)`]);
+    }),
+    30_000);
+
+  it('serve: names the port and the config setting that moves it', async () =>
+    holding(async (port) => {
+      const file = join(dir, 'port-in-use.yaml');
+      writeFileSync(file, goodConfig(await freePort(), port));
+      const run = await ztgwAsync(['serve', '--config', file]);
+      expect(run.status).toBe(1);
+      expect(run.stderr).toContain(`ztgw: port ${port} on 127.0.0.1 is in use by another process; set server.admin.port in ${file} to another port`);
+      expect(run.stderr).not.toMatch(/\n\s+at /);
+    }));
 });
 
 describe('ztgw serve', () => {
@@ -151,7 +209,7 @@ describe('ztgw serve', () => {
     const res = await inFlight;
     expect(res.status).toBe(200);
     expect(await exited).toBe(0);
-  });
+  }, 30_000);
 });
 
 // libuv's pool checks DPoP signatures: one thread per core, at least 2, unless the

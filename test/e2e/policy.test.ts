@@ -1,6 +1,6 @@
 // Policies in the gateway: decisions on real requests, the decision log, obligations, and
 // hot reload under load (a broken edit keeps the old set; a good one lands within 2 s).
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -191,6 +191,9 @@ describe('hot reload under load', () => {
 
   it('keeps the last good set when an edit is broken, and applies a good edit within 2 s, dropping nothing', async () => {
     const traffic = load();
+    // However this test ends (a failed expect, its timeout), the loops stop: left running they
+    // kept loading the shared gateway and echo server through every later test of the file.
+    onTestFinished(() => traffic.stop());
     await new Promise((r) => setTimeout(r, 300));
     const goodHash = gw.services.policies!.current.set.hash;
 
