@@ -5,7 +5,7 @@ import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
-import { compileRuntime, type Runtime, type RuntimeHolder } from './config/compile.ts';
+import { compilePolicyEdit, compileRuntime, type CompileDeps, type Runtime, type RuntimeHolder } from './config/compile.ts';
 import { ConfigError, formatIssue, loadConfigFile, type ConfigIssue } from './config/load.ts';
 import { issueAt } from './config/issue-at.ts';
 import { createReloadQueue, restartRequired, type ReloadKind } from './config/reload.ts';
@@ -88,8 +88,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const { logger, access, decisions } = loggers;
   const metrics = createMetrics();
   const services = await createServices(initial.config, initial.dir, logger, metrics);
-  const compile = (next: { config: Config; dir: string }, previous?: Runtime) =>
-    compileRuntime(next.config, { configDir: next.dir, services, decisionLog: decisions, logger, metrics, now: opts.now, previous });
+  const depsFor = (configDir: string): CompileDeps => ({ configDir, services, decisionLog: decisions, logger, metrics, now: opts.now });
+  const compile = (next: { config: Config; dir: string }, previous?: Runtime) => compileRuntime(next.config, { ...depsFor(next.dir), previous });
   let holder: RuntimeHolder;
   try {
     holder = { current: await compile(initial) };
@@ -147,12 +147,12 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const runReload = async (kind: ReloadKind): Promise<Error | undefined> => {
     const running = holder.current;
     try {
-      // A policy edit is compiled against the running config, not whatever the file holds now.
-      const next = kind === 'config' ? loadSource(opts.source) : { config: running.config, dir: initial.dir };
-      const runtime = await compile(next, running);
+      // A policy edit is compiled against the running config, not whatever the file holds now,
+      // and changes only the policy set and the stage that reads it.
+      const runtime = kind === 'config' ? await compile(loadSource(opts.source), running) : await compilePolicyEdit(running, depsFor(initial.dir));
       if (draining) return undefined;
       // Certificates rotate with the Runtime: new TLS connections get the new pair.
-      if (runtime.tls !== undefined && 'setSecureContext' in data.server) {
+      if (runtime.tls !== undefined && runtime.tls !== running.tls && 'setSecureContext' in data.server) {
         (data.server as HttpsServer).setSecureContext({ ...runtime.tls, minVersion: 'TLSv1.2' });
       }
       holder.current = runtime;

@@ -13,7 +13,7 @@ import { createTokenCache, type TokenCache } from '../identity/token-cache.ts';
 import { compileAuthorities, createHygieneStage } from '../pipeline/hygiene.ts';
 import { canonicalPrefix, createRouteStage } from '../pipeline/route.ts';
 import { createAuthnStage } from '../pipeline/authn.ts';
-import { pipelineOf } from '../pipeline/run.ts';
+import { pipelineOf, type PipelineStages } from '../pipeline/run.ts';
 import { createDeviceStage } from '../pipeline/device.ts';
 import { createAssertionStage } from '../pipeline/assertion.ts';
 import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '../identity/assertion.ts';
@@ -25,10 +25,10 @@ import type { Services } from '../services.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createAuthzStage } from '../pipeline/authz.ts';
-import { compileRecordLimits } from '../policy/record-limits.ts';
-import { createLineBudget } from '../observability/line-budget.ts';
+import { compileRecordLimits, type RecordLimits } from '../policy/record-limits.ts';
+import { createLineBudget, type LineBudget } from '../observability/line-budget.ts';
 import { createEvaluator, type Evaluator } from '../policy/evaluate.ts';
-import { loadPolicyDir, type KnownNames, type PolicyFileCache } from '../policy/load.ts';
+import { loadPolicyDirAsync, type KnownNames, type PolicyFileCache } from '../policy/load.ts';
 import { ConfigError, type ConfigIssue } from './load.ts';
 import { stableJson } from './reload.ts';
 
@@ -78,6 +78,16 @@ export interface RuntimeParts {
   readonly tokenCache: Keyed<TokenCache>;
   /** The DPoP verifier and its key caches, by identity.dpop (the replay cache is a process service). */
   readonly dpop: Keyed<DpopVerifier>;
+  /** The stages by name: a policy edit replaces `authz` and keeps the rest (compilePolicyEdit). */
+  readonly pipeline: PipelineStages;
+  /** What the policy stage keeps across sets, by policies.decisionLog: each principal's line budget carries over an edit. */
+  readonly decisionLines: Keyed<DecisionLines> | undefined;
+}
+
+/** The decision log's limits, built from policies.decisionLog. */
+export interface DecisionLines {
+  readonly recordLimits: RecordLimits;
+  readonly lineBudget: LineBudget;
 }
 
 /** The one mutable reference: reloads swap it, requests read it once at their start. */
@@ -162,16 +172,19 @@ export function knownPolicyNames(config: Config): KnownNames {
   };
 }
 
-/** Throws ConfigError (policy file:line:col) when the set does not load against this config's names. */
-function compilePolicies(config: Config, configDir: string, previous: RuntimePolicies | undefined): RuntimePolicies | undefined {
+/**
+ * Throws ConfigError (policy file:line:col) when the set does not load against this config's
+ * names. Gives the event loop back between slices of work: requests go on meanwhile.
+ */
+async function compilePolicies(config: Config, configDir: string, previous: RuntimePolicies | undefined): Promise<RuntimePolicies | undefined> {
   if (config.policies === undefined) return undefined;
   const dir = resolve(configDir, config.policies.dir);
   // Shared with the running Runtime on purpose: an entry is a pure function of a file's
   // path, text and the names it was checked against, so a refused compile cannot spoil it.
   const files = previous?.files ?? new Map();
-  let loaded: ReturnType<typeof loadPolicyDir>;
+  let loaded: Awaited<ReturnType<typeof loadPolicyDirAsync>>;
   try {
-    loaded = loadPolicyDir(dir, knownPolicyNames(config), files);
+    loaded = await loadPolicyDirAsync(dir, knownPolicyNames(config), files);
   } catch (err) {
     // load.ts refuses bad text without throwing; this is for what nobody foresaw.
     const message = `the policy set could not be compiled (${err instanceof Error ? err.message : String(err)})`;
@@ -209,7 +222,7 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
   const now = deps.now ?? Date.now;
   const version = createHash('sha256').update(JSON.stringify(frozen)).digest('hex').slice(0, 12);
   const previous = deps.previous?.parts;
-  const policies = compilePolicies(frozen, deps.configDir, deps.previous?.policies);
+  const policies = await compilePolicies(frozen, deps.configDir, deps.previous?.policies);
   const tls = readTls(frozen.server.tls, deps.configDir);
   const issuerParts = new Map<string, CompiledIssuer>();
   const issuers = frozen.identity.issuers.map((i) => {
@@ -246,7 +259,8 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       now,
     }),
   );
-  const stages = pipelineOf({
+  const decisionLines = decisionLinesFor(frozen, previous?.decisionLines);
+  const pipeline: PipelineStages = {
     hygiene: createHygieneStage({
       trust,
       maxBodyBytes: frozen.server.limits.maxBodyBytes,
@@ -270,40 +284,65 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       onDpopFailure,
       now,
     }),
-    authz:
-      policies === undefined
-        ? undefined
-        : createAuthzStage({
-            policies: { current: policies.evaluator },
-            upstreams: frozen.upstreams,
-            decisionLog: deps.decisionLog,
-            allowSampleRate: frozen.policies?.decisionLog.allowSampleRate ?? 0,
-            recordLimits: compileRecordLimits(frozen.policies?.decisionLog.headers),
-            lineBudget: frozen.policies && createLineBudget({
-              perSecond: frozen.policies.decisionLog.perPrincipalPerSecond,
-              burst: frozen.policies.decisionLog.perPrincipalBurst,
-              maxKeys: 10_000,
-            }),
-            onSuppressed: () => deps.metrics.decisionLinesSuppressed.inc(),
-            onDecision: (decision) => {
-              deps.metrics.policyDecisions.inc(decision.effect);
-              for (const e of decision.errors) deps.metrics.policyRuleErrors.inc(e.policy, e.rule);
-            },
-            now,
-          }),
+    authz: policies === undefined ? undefined : createPolicyStage(frozen, policies.evaluator, decisionLines!.value, deps),
     assertion: createAssertionStage(assertions, now),
-  });
+  };
   return Object.freeze({
     config: frozen,
     version,
     routes: Object.freeze(routes),
     issuers: Object.freeze(issuers),
-    stages,
+    stages: pipelineOf(pipeline),
     trust,
     forwarding: compileForwardingPolicy(frozen.assertion.header),
     assertions,
     policies,
     tls,
-    parts: Object.freeze({ issuers: issuerParts, tokenCache, dpop: dpopVerifier }),
+    parts: Object.freeze({ issuers: issuerParts, tokenCache, dpop: dpopVerifier, pipeline: Object.freeze(pipeline), decisionLines }),
   });
+}
+
+function decisionLinesFor(config: Config, previous: Keyed<DecisionLines> | undefined): Keyed<DecisionLines> | undefined {
+  const log = config.policies?.decisionLog;
+  if (log === undefined) return undefined;
+  return reuse(previous, stableJson(log), () => ({
+    recordLimits: compileRecordLimits(log.headers),
+    lineBudget: createLineBudget({ perSecond: log.perPrincipalPerSecond, burst: log.perPrincipalBurst, maxKeys: 10_000 }),
+  }));
+}
+
+/** Stage 6 for one policy set; everything else it needs comes from the config and lives as long as it. */
+function createPolicyStage(config: Config, evaluator: Evaluator, lines: DecisionLines, deps: CompileDeps): Stage {
+  return createAuthzStage({
+    policies: { current: evaluator },
+    upstreams: config.upstreams,
+    decisionLog: deps.decisionLog,
+    allowSampleRate: config.policies?.decisionLog.allowSampleRate ?? 0,
+    recordLimits: lines.recordLimits,
+    lineBudget: lines.lineBudget,
+    onSuppressed: () => deps.metrics.decisionLinesSuppressed.inc(),
+    onDecision: (decision) => {
+      deps.metrics.policyDecisions.inc(decision.effect);
+      for (const e of decision.errors) deps.metrics.policyRuleErrors.inc(e.policy, e.rule);
+    },
+    now: deps.now,
+  });
+}
+
+/**
+ * A policy-dir edit: the policy set recompiled against the running config, everything else
+ * of the running Runtime kept (routes, issuers, the other stages, caches), and a new Runtime
+ * that differs only in its policies and its authz stage, for the caller to swap in by the
+ * one reference. Recompiling the whole Runtime instead would clone and compile a config of
+ * a thousand routes for an edit that cannot change them. Throws as compileRuntime does.
+ */
+export async function compilePolicyEdit(running: Runtime, deps: CompileDeps): Promise<Runtime> {
+  const policies = await compilePolicies(running.config, deps.configDir, running.policies);
+  if (policies === undefined || running.policies === undefined) return running; // no section: nothing to recompile
+  if (policies.evaluator === running.policies.evaluator) return running; // the same files: nothing to swap
+  const pipeline: PipelineStages = Object.freeze({
+    ...running.parts.pipeline,
+    authz: createPolicyStage(running.config, policies.evaluator, running.parts.decisionLines!.value, deps),
+  });
+  return Object.freeze({ ...running, policies, stages: pipelineOf(pipeline), parts: Object.freeze({ ...running.parts, pipeline }) });
 }

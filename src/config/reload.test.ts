@@ -1,6 +1,13 @@
-// Reloads take turns and say which fields need a restart.
+// Reloads take turns and say which fields need a restart; a policy edit recompiles only what reads the policy set.
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from './load.ts';
+import { createMetrics } from '../observability/metrics.ts';
+import { createServices } from '../services.ts';
+import { compilePolicyEdit, compileRuntime, type CompileDeps } from './compile.ts';
+import { ConfigError, formatIssue, parseConfig } from './load.ts';
 import { createReloadQueue, restartRequired, stableJson, type ReloadKind } from './reload.ts';
 
 describe('createReloadQueue', () => {
@@ -58,5 +65,79 @@ describe('restartRequired', () => {
 
   it('compares sections by content, not key order', () => {
     expect(stableJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } })).toBe(stableJson({ a: { c: null, d: [2, { e: 0, f: 1 }] }, b: 1 }));
+  });
+});
+
+describe('compilePolicyEdit', () => {
+  const POLICY = (name: string, when: string) =>
+    `apiVersion: zt-gateway/v1\nname: ${name}\nappliesTo: { routes: [a] }\nrules:\n  - name: r\n    effect: allow\n    when: '${when}'\n`;
+
+  async function running() {
+    const dir = mkdtempSync(join(tmpdir(), 'zt-policy-edit-'));
+    mkdirSync(join(dir, 'policies'));
+    writeFileSync(join(dir, 'policies', 'a.yaml'), POLICY('a', '"eng" in identity.groups'));
+    writeFileSync(join(dir, 'policies', 'b.yaml'), POLICY('b', '"ops" in identity.groups'));
+    const config = parseConfig(
+      [
+        'identity: { issuers: [{ name: t, issuer: "https://t/", audiences: [zt], algorithms: [HS256], secret: "0123456789abcdef0123456789abcdef" }] }',
+        "routes: [{ name: a, pathPrefix: /a/, upstream: 'http://127.0.0.1:9' }, { name: b, pathPrefix: /b/, upstream: 'http://127.0.0.1:9' }]",
+        'policies: { dir: policies }',
+      ].join('\n'),
+      join(dir, 'ztgw.yaml'),
+      {},
+    );
+    const logger = pino({ level: 'silent' });
+    const metrics = createMetrics();
+    const services = await createServices(config, dir, logger, metrics);
+    const deps: CompileDeps = { configDir: dir, services, decisionLog: logger, logger, metrics };
+    return { dir, deps, runtime: await compileRuntime(config, deps), close: () => services.close() };
+  }
+
+  it('recompiles the policy set and the authz stage only; routes, issuers, caches and the other stages are the running ones', async () => {
+    const { dir, deps, runtime, close } = await running();
+    try {
+      writeFileSync(join(dir, 'policies', 'b.yaml'), POLICY('b', '"sre" in identity.groups'));
+      const next = await compilePolicyEdit(runtime, deps);
+      expect(next.policies!.evaluator.set.hash).not.toBe(runtime.policies!.evaluator.set.hash);
+      expect(next.policies!.evaluator.set.policies[1]!.rules[0]!.condition.source).toBe('"sre" in identity.groups');
+      expect(next.config).toBe(runtime.config);
+      expect(next.routes).toBe(runtime.routes);
+      expect(next.issuers).toBe(runtime.issuers);
+      expect(next.parts.tokenCache).toBe(runtime.parts.tokenCache);
+      expect(next.parts.dpop).toBe(runtime.parts.dpop);
+      expect(next.parts.decisionLines).toBe(runtime.parts.decisionLines); // line budgets carry over
+      const authz = runtime.parts.pipeline.authz!;
+      expect(next.parts.pipeline.authz).not.toBe(authz);
+      expect(next.stages.length).toBe(runtime.stages.length);
+      runtime.stages.forEach((stage, i) => (stage === authz ? expect(next.stages[i]).toBe(next.parts.pipeline.authz) : expect(next.stages[i]).toBe(stage)));
+      expect(Object.isFrozen(next)).toBe(true);
+      // The running Runtime is untouched: requests that started on it finish on the old set.
+      expect(runtime.policies!.evaluator.set.policies[1]!.rules[0]!.condition.source).toBe('"ops" in identity.groups');
+    } finally {
+      await close();
+    }
+  });
+
+  it('an edit that does not check against the running config is refused whole, with file:line', async () => {
+    const { dir, deps, runtime, close } = await running();
+    try {
+      writeFileSync(join(dir, 'policies', 'b.yaml'), POLICY('b', '"sre" in identity.groups').replace('routes: [a]', 'routes: [nope]'));
+      const refused = await compilePolicyEdit(runtime, deps).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(ConfigError);
+      expect((refused as ConfigError).issues.map(formatIssue).join('\n')).toMatch(/b\.yaml:3:\d+: .*unknown route "nope"/);
+    } finally {
+      await close();
+    }
+  });
+
+  it('an unchanged set keeps the running evaluator and stages', async () => {
+    const { deps, runtime, close } = await running();
+    try {
+      const next = await compilePolicyEdit(runtime, deps);
+      expect(next.policies!.evaluator).toBe(runtime.policies!.evaluator);
+      expect(next.stages).toBe(runtime.stages);
+    } finally {
+      await close();
+    }
   });
 });

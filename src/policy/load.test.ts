@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
 import { formatIssue, type ConfigIssue } from '../config/load.ts';
-import { compilePolicyFiles, loadPolicyDir, type KnownNames, type PolicyFile, type PolicyFileCache } from './load.ts';
+import { compilePolicyFiles, loadPolicyDir, loadPolicyDirAsync, type KnownNames, type PolicyFile, type PolicyFileCache } from './load.ts';
 import type { PolicySet } from './set.ts';
 
 const KNOWN: KnownNames = { tiers: new Set(['standard', 'strict']), upstreams: new Set(['quarantine']), routes: new Set(['code', 'payroll']) };
@@ -240,6 +240,30 @@ describe('loadPolicyDir', () => {
   it('an empty or missing directory is an error, not a silent deny-all', () => {
     expect(loadPolicyDir(dir(), KNOWN)).toMatchObject({ ok: false, issues: [{ line: 1, col: 1, message: 'no policy files (*.yaml) in the directory' }] });
     expect(loadPolicyDir(join(dir(), 'nope'), KNOWN)).toMatchObject({ ok: false, issues: [{ message: 'cannot read directory (ENOENT)' }] });
+  });
+
+  it('the async load gives the event loop back while a large set compiles, and loads what the sync one does', async () => {
+    const d = dir();
+    // 300 files compiled from scratch: far more than one slice of work on any machine.
+    for (let n = 0; n < 300; n++) {
+      writeFileSync(join(d, `p-${n}.yaml`), `apiVersion: zt-gateway/v1\nname: p-${n}\nrules:\n  - name: r\n    effect: allow\n    when: '"team-${n}" in identity.groups && request.method in ["GET"]'\n`);
+    }
+    let turns = 0;
+    let counting = true;
+    const count = (): void => {
+      if (!counting) return;
+      turns++;
+      setImmediate(count);
+    };
+    setImmediate(count);
+    const loaded = await loadPolicyDirAsync(d, KNOWN);
+    counting = false;
+    expect(turns).toBeGreaterThan(0); // a synchronous load would hold the loop to the end
+    const sync = loadPolicyDir(d, KNOWN);
+    if (!loaded.ok || !sync.ok) throw new Error('expected both to load');
+    expect(loaded.set.hash).toBe(sync.set.hash);
+    expect(loaded.set.policies.map((p) => p.name)).toEqual(sync.set.policies.map((p) => p.name));
+    expect(await loadPolicyDirAsync(join(d, 'nope'), KNOWN)).toMatchObject({ ok: false, issues: [{ message: 'cannot read directory (ENOENT)' }] });
   });
 });
 

@@ -77,6 +77,54 @@ const isPolicyFile = (name: string) => /\.ya?ml$/.test(name) && !name.startsWith
  * the result's `unchecked` (tooling without a gateway config; the gateway always passes them).
  */
 export function loadPolicyDir(dir: string, known: KnownNames | undefined, cache?: PolicyFileCache): PolicyLoadResult {
+  return runToEnd(loadSteps(dir, known, cache));
+}
+
+/**
+ * The same, for a gateway that serves meanwhile: it gives the event loop back every few
+ * milliseconds of work, so requests keep flowing while a large set reads and compiles
+ * (a thousand files recompiled after a config change take most of a second).
+ */
+export function loadPolicyDirAsync(dir: string, known: KnownNames | undefined, cache?: PolicyFileCache): Promise<PolicyLoadResult> {
+  return runInSlices(loadSteps(dir, known, cache));
+}
+
+/** The same, from texts: for tests, and for sources other than a directory. */
+export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames | undefined, cache?: PolicyFileCache): PolicyLoadResult {
+  return runToEnd(compileSteps(files, known, cache));
+}
+
+/**
+ * A load is written once, as steps: it yields between pieces of work (a file read, a file
+ * compiled, a run of cached files), and the caller decides whether to pause there.
+ */
+type Steps = Generator<void, PolicyLoadResult, void>;
+
+function runToEnd(steps: Steps): PolicyLoadResult {
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+  }
+}
+
+/** Work between two turns of the event loop: a request waits at most about this long for a reload. */
+const SLICE_MS = 4;
+/** Cached files (a map lookup and a string compare each) between two looks at the clock. */
+const CACHED_RUN = 64;
+
+async function runInSlices(steps: Steps): Promise<PolicyLoadResult> {
+  let sliceStart = performance.now();
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+    if (performance.now() - sliceStart >= SLICE_MS) {
+      await new Promise((resolve) => setImmediate(resolve));
+      sliceStart = performance.now();
+    }
+  }
+}
+
+function* loadSteps(dir: string, known: KnownNames | undefined, cache: PolicyFileCache | undefined): Steps {
   const at = (message: string): PolicyLoadResult => ({ ok: false, issues: [{ file: dir, line: 1, col: 1, field: '', message }] });
   let names: string[];
   try {
@@ -98,8 +146,10 @@ export function loadPolicyDir(dir: string, known: KnownNames | undefined, cache?
     } catch (err) {
       issues.push({ file, line: 1, col: 1, field: '', message: `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})` });
     }
+    yield;
   }
-  return issues.length > 0 ? { ok: false, issues } : compilePolicyFiles(files, known, cache);
+  if (issues.length > 0) return { ok: false, issues };
+  return yield* compileSteps(files, known, cache);
 }
 
 /** One file compiled on its own: everything but its place in the set and the cross-file name check. */
@@ -147,8 +197,7 @@ function compileFile(file: string, text: string, known: KnownNames | undefined):
   }
 }
 
-/** The same, from texts: for tests, and for sources other than a directory. */
-export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNames | undefined, cache?: PolicyFileCache): PolicyLoadResult {
+function* compileSteps(files: readonly PolicyFile[], known: KnownNames | undefined, cache: PolicyFileCache | undefined): Steps {
   const sorted = [...files].sort((a, b) => compare(basename(a.file), basename(b.file)) || compare(a.file, b.file));
   const issues: ConfigIssue[] = [];
   const unchecked: ConfigIssue[] = [];
@@ -165,7 +214,8 @@ export function compilePolicyFiles(files: readonly PolicyFile[], known: KnownNam
     if (compiled?.text !== text) {
       compiled = compileFile(file, text, known);
       cache?.set(key, compiled);
-    }
+      yield;
+    } else if (seen.size % CACHED_RUN === 0) yield;
     issues.push(...compiled.issues);
     unchecked.push(...compiled.unchecked);
     warnings.push(...compiled.warnings);

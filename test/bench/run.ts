@@ -13,10 +13,15 @@
 // each run, not during it (see dpop-client.ts), and the verifier's in-process cost is
 // measured apart.
 //
-//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator autocannon|wrk]
+//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator autocannon|wrk --stage-profile 6 --no-policy-reload]
+//
+// Last, each JWT-route gateway runs once more under `node --cpu-prof` for --stage-profile
+// seconds (0 skips it) and the bench prints each pipeline stage's CPU per response from the
+// profile (stage-profile.ts): a stage that grows shows there, apart from the machine's noise.
 //
 // Exit 1 if any response was not 2xx or any request failed; the ratios are reported, not
 // enforced (one noisy run on a laptop should not fail anything).
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +31,7 @@ import { createIssuer } from '../../src/dev/issuer.ts';
 import { measureDpopVerify } from './dpop-client.ts';
 import { ChildSet, formatTable, median, problemsOf, processCpuMicros, runAutocannon, summarize, type HeaderPool, type LoadOptions, type LoadResult } from './lib.ts';
 import { formatDecisionResults, measurePolicyDecisions } from './policy-decisions.ts';
+import { readProfile, stageShares, type StageShare } from './stage-profile.ts';
 import {
   bareProxy,
   bareProxyPerRequestHeaders,
@@ -83,6 +89,9 @@ const { values: flags } = parseArgs({
     // autocannon, in this process, as every earlier figure was taken; or wrk (see wrk.ts):
     // a third of autocannon's CPU per request, and every gateway reads lower against it.
     generator: { type: 'string', default: 'autocannon' },
+    'stage-profile': { type: 'string', default: '6' },
+    // Last, reload-1000.ts: one-file edits in a 1,000-policy set under load (about 12 s).
+    'policy-reload': { type: 'boolean', default: true },
   },
 });
 const positiveInt = (name: string, raw: string): number => {
@@ -97,6 +106,9 @@ const ROUNDS = positiveInt('rounds', flags.rounds);
 const DURATION_S = positiveInt('duration', flags.duration);
 const WARMUP_S = positiveInt('warmup', flags.warmup);
 const CONNECTIONS = positiveInt('connections', flags.connections);
+const STAGE_PROFILE_S = flags['stage-profile'] === '0' ? 0 : positiveInt('stage-profile', flags['stage-profile']);
+// The targets whose stages are profiled: the JWT route, without and with the policy stage.
+const PROFILED = [gatewayJwt, gatewayPolicies, gatewayAllowAll];
 const PIPELINING = 1;
 const GENERATOR = chooseGenerator(flags.generator);
 
@@ -157,7 +169,8 @@ async function main(): Promise<void> {
   ];
   // Start-up, warm-up, rounds, and slack: minting proofs before every run (RS256 signing
   // takes ~20 s for a round's pool here) and stopping; past this something is wedged.
-  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + (ROUNDS + 1) * 60 + 180) * 1000;
+  const profiledS = STAGE_PROFILE_S === 0 ? 0 : PROFILED.length * (WARMUP_S + STAGE_PROFILE_S + 40);
+  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + (ROUNDS + 1) * 60 + 180 + profiledS) * 1000;
   const overall = setTimeout(() => {
     log(`\nBENCH FAILED: run exceeded its ${budgetMs / 1000} s budget`);
     void cleanup().finally(() => process.exit(1));
@@ -249,6 +262,20 @@ async function main(): Promise<void> {
 
   for (const { running } of started.reverse()) await running.stop();
 
+  // One profiled run per JWT-route gateway, alone on the machine but for the echo upstream.
+  const stages: { name: string; shares: StageShare[] }[] = [];
+  for (const make of STAGE_PROFILE_S === 0 ? [] : PROFILED) {
+    const target = make(fx);
+    const profileDir = join(tmpDir, `cpu-profile-${stages.length}`);
+    const running = await target.start({ nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] });
+    await preflight(target.name, running);
+    // The profile counts from the first request (the preflight): warm-up and run both count.
+    const warm = await load(target.name, running, WARMUP_S, 'profile warm-up');
+    const run = await load(target.name, running, STAGE_PROFILE_S, 'profile');
+    await running.stop();
+    stages.push({ name: target.name, shares: stageShares(await readProfile(profileDir), 1 + warm.responses + run.responses) });
+  }
+
   // With the servers gone, so nothing competes with it for CPU.
   const verify = await measureDpopVerify({ ops: VERIFY_OPS, warmup: VERIFY_WARMUP, concurrency: CONNECTIONS, accessToken: token, maxAgeS: DPOP_MAX_AGE_S });
   clearTimeout(overall);
@@ -295,7 +322,25 @@ async function main(): Promise<void> {
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} / ${perRound(GATEWAY_POLICIES, GATEWAY_ALLOW_ALL)} (target ≥ 0.90)\n` +
       `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
       `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
+      (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`) +
       `\n${decisions}`,
+  );
+}
+
+/** Parts × profiled targets: µs of the main thread per response, and its share of the busy time. */
+function formatStageShares(stages: readonly { name: string; shares: readonly StageShare[] }[]): string {
+  const parts = [...new Set(stages.flatMap((s) => s.shares.map((r) => r.part)))];
+  const rows = parts.map((part) => [
+    part,
+    ...stages.map(({ shares }) => {
+      const r = shares.find((x) => x.part === part);
+      return r === undefined ? '–' : `${r.usPerResponse.toFixed(1)} (${(r.share * 100).toFixed(1)}%)`;
+    }),
+  ]);
+  const busy = stages.map(({ shares }) => shares.reduce((n, r) => n + r.usPerResponse, 0).toFixed(0));
+  return (
+    `CPU per response by pipeline stage (main thread, µs (share of busy); --cpu-prof, ${STAGE_PROFILE_S} s after a ${WARMUP_S} s warm-up, profiler overhead included):\n` +
+    formatTable(['part', ...stages.map((s) => s.name)], [...rows, ['busy', ...busy]])
   );
 }
 
@@ -319,9 +364,17 @@ async function preflight(name: string, running: RunningTarget): Promise<void> {
   }
 }
 
+/** reload-1000.ts in its own process (its gateway and load must not share this one's loop); bounded. */
+function policyReloadBench(): void {
+  log('\npolicy reload: one-file edits in a 1,000-policy set under load (test/bench/reload-1000.ts)');
+  const out = spawnSync(process.execPath, [join(import.meta.dirname, 'reload-1000.ts')], { stdio: 'inherit', timeout: 120_000 });
+  if (out.status !== 0) throw new BenchFailure(`reload-1000.ts exited ${out.status ?? out.signal}`);
+}
+
 try {
   await main();
   await cleanup();
+  if (flags['policy-reload']) policyReloadBench();
 } catch (err) {
   const message = err instanceof BenchFailure ? err.message : ((err as Error).stack ?? String(err));
   log(`\n${'!'.repeat(72)}\nBENCH FAILED: ${message}\n${'!'.repeat(72)}`);

@@ -30,7 +30,12 @@ export interface RunningTarget {
 
 export interface Target {
   readonly name: string;
-  start(): Promise<RunningTarget>;
+  start(opts?: StartOptions): Promise<RunningTarget>;
+}
+
+export interface StartOptions {
+  /** Node options for a gateway process (e.g. --cpu-prof for the stage profile); other targets ignore them. */
+  readonly nodeArgs?: readonly string[];
 }
 
 /** What every target shares: the echo upstream, a dev issuer and a scratch directory. */
@@ -121,8 +126,8 @@ export function bareProxy(fx: BenchFixture): Target {
 export function gatewayJwt(fx: BenchFixture): Target {
   return {
     name: 'zt-gateway jwt',
-    async start() {
-      const gateway = await startGateway(fx, { dir: 'jwt' });
+    async start(opts) {
+      const gateway = await startGateway(fx, { dir: 'jwt' }, opts);
       return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
     },
   };
@@ -207,12 +212,12 @@ export function gatewayAllowAll(fx: BenchFixture): Target {
 function policyTarget(fx: BenchFixture, name: string, dir: string, files: readonly { file: string; text: string }[]): Target {
   return {
     name,
-    async start() {
+    async start(opts) {
       const gateway = await startGateway(fx, {
         dir,
         config: { policies: { dir: 'policies', decisionLog: { allowSampleRate: 0.01 } } },
         files: Object.fromEntries(files.map((f) => [join('policies', f.file), f.text])),
-      });
+      }, opts);
       return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
     },
   };
@@ -234,7 +239,7 @@ interface GatewayVariant {
  * production does. Every gateway target is one of these: they differ only in what the
  * variant adds, so their numbers compare like for like.
  */
-async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
+async function startGateway(fx: BenchFixture, variant: GatewayVariant, opts: StartOptions = {}): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
   // A directory each: a gateway reads (and may watch) files next to its config.
   const dir = join(fx.tmpDir, variant.dir);
   await mkdir(dir, { recursive: true });
@@ -274,7 +279,7 @@ async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<
     await writeFile(configFile, stringify({ ...sections, routes }));
     const child = await fx.children.spawn({
       name: `zt-gateway (${variant.dir})`,
-      args: [join(REPO_ROOT, 'src/cli/ztgw.ts'), 'serve', '--config', configFile],
+      args: [...(opts.nodeArgs ?? []), join(REPO_ROOT, 'src/cli/ztgw.ts'), 'serve', '--config', configFile],
       ready: 'none',
     });
     try {
@@ -284,6 +289,8 @@ async function startGateway(fx: BenchFixture, variant: GatewayVariant): Promise<
       if (attempt < 3 && /EADDRINUSE/.test(child.stderrTail())) continue;
       throw err;
     }
-    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, pid: child.pid, stop: () => fx.children.stop(child.pid) };
+    // A profiled gateway writes its profile on exit: give it time to.
+    const graceMs = opts.nodeArgs?.length ? 15_000 : undefined;
+    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, pid: child.pid, stop: () => fx.children.stop(child.pid, graceMs) };
   }
 }
