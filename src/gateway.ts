@@ -6,18 +6,19 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
 import { compilePolicyEdit, compileRuntime, type CompileDeps, type Runtime, type RuntimeHolder } from './config/compile.ts';
-import { ConfigError, formatIssue, loadConfigFile, type ConfigIssue } from './config/load.ts';
-import { issueAt } from './config/issue-at.ts';
+import { loadConfigFile } from './config/load.ts';
+import { ConfigError, formatIssue, type ConfigIssue } from './core/diagnostics.ts';
+import { issueAt } from './core/diagnostics.ts';
 import { createReloadQueue, restartRequired, type ReloadKind } from './config/reload.ts';
 import type { Config } from './config/schema.ts';
-import { buildAdminPlane } from './observability/admin.ts';
-import { loadAdminCredential } from './observability/admin-token.ts';
+import { buildAdminPlane } from './admin/admin-plane.ts';
+import { loadAdminCredential } from './admin/admin-token.ts';
 import { createLoggers, LogFileError, type Loggers } from './observability/logging.ts';
 import { createMetrics, type GatewayMetrics } from './observability/metrics.ts';
-import { buildDataPlane } from './server.ts';
+import { buildDataPlane } from './server/data-plane.ts';
 import type { Evaluator } from './policy/evaluate.ts';
 import { watchPolicyDir, type PolicyDirWatch } from './policy/source.ts';
-import { createServices, type Services } from './services.ts';
+import { createServices, type Services } from './config/services.ts';
 
 export type ConfigSource = { file: string; env?: NodeJS.ProcessEnv } | { config: Config; dir: string };
 

@@ -4,7 +4,7 @@
 // (registry unavailable, unknown device on revoke/checkin/update), 2 bad input (usage, an
 // invalid id or field, an unknown issuer, a broken registry file).
 import { parseArgs } from 'node:util';
-import { ConfigError, formatIssue } from '../config/load.ts';
+import { ConfigError, formatIssue } from '../core/diagnostics.ts';
 import {
   DeviceRegistryUnavailableError,
   DeviceValidationError,

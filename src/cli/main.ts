@@ -166,7 +166,7 @@ function configFlag(args: string[]): string {
 
 async function validate(args: string[]): Promise<void> {
   const file = configFlag(args);
-  const [{ loadConfigFile }, { loadAdminCredential }] = await Promise.all([import('../config/load.ts'), import('../observability/admin-token.ts')]);
+  const [{ loadConfigFile }, { loadAdminCredential }] = await Promise.all([import('../config/load.ts'), import('../admin/admin-token.ts')]);
   const { config, dir, text } = loadConfigFile(file);
   loadAdminCredential(config, dir, process.env, { file, text }); // serve would refuse a missing or weak admin token
   process.stdout.write(`${file}: ok\n`);
@@ -290,7 +290,7 @@ async function device(args: string[]): Promise<void> {
   const [{ DEVICE_USAGE, runDeviceCommand }, { loadConfigFile }, { openRegistry }] = await Promise.all([
     import('./device.ts'),
     import('../config/load.ts'),
-    import('../services.ts'),
+    import('../config/services.ts'),
   ]);
   if (args[0] === 'help' || asksHelp(args)) return void process.stdout.write(DEVICE_USAGE);
   const { file, rest } = takeConfig(args);

@@ -11,17 +11,18 @@ import type { CompiledRoute, RequestContext, Stage } from '../pipeline/context.t
 import { compileIssuer, type CompiledIssuer } from '../identity/issuers.ts';
 import { createTokenCache, type TokenCache } from '../identity/token-cache.ts';
 import { compileAuthorities, createHygieneStage } from '../pipeline/hygiene.ts';
-import { canonicalPrefix, createRouteStage } from '../pipeline/route.ts';
+import { createRouteStage } from '../pipeline/route.ts';
+import { canonicalPrefix } from '../core/paths.ts';
 import { createAuthnStage } from '../pipeline/authn.ts';
 import { pipelineOf, type PipelineStages } from '../pipeline/run.ts';
 import { createDeviceStage } from '../pipeline/device.ts';
 import { createAssertionStage } from '../pipeline/assertion.ts';
 import { createAssertionSigner, loadSigningKeys, type AssertionSigner } from '../identity/assertion.ts';
 import { createDpopVerifier, DPOP_FAILURE_LABELS, type DpopFailureLabel, type DpopVerifier } from '../identity/dpop.ts';
-import { compileForwardingPolicy, type ForwardingPolicy } from '../upstream/headers.ts';
+import { compileForwardingPolicy, type ForwardingPolicy } from '../pipeline/upstream-headers.ts';
 import { compileDenyList, type HeaderDenyList } from '../upstream/header-deny-list.ts';
-import { compileResponsePolicy } from '../upstream/response-headers.ts';
-import type { Services } from '../services.ts';
+import { compileResponsePolicy } from '../pipeline/response-headers.ts';
+import type { Services } from './services.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createAuthzStage } from '../pipeline/authz.ts';
@@ -29,7 +30,7 @@ import { compileRecordLimits, type RecordLimits } from '../policy/record-limits.
 import { createLineBudget, type LineBudget } from '../observability/line-budget.ts';
 import { createEvaluator, type Evaluator } from '../policy/evaluate.ts';
 import { loadPolicyDirAsync, type KnownNames, type PolicyFileCache } from '../policy/load.ts';
-import { ConfigError, type ConfigIssue } from './load.ts';
+import { ConfigError, type ConfigIssue } from '../core/diagnostics.ts';
 import { stableJson } from './reload.ts';
 
 export interface Runtime {
@@ -78,6 +79,8 @@ export interface RuntimeParts {
   readonly tokenCache: Keyed<TokenCache>;
   /** The DPoP verifier and its key caches, by identity.dpop (the replay cache is a process service). */
   readonly dpop: Keyed<DpopVerifier>;
+  /** The assertion signer and its reusable assertions, by the assertion section and the signing keys. */
+  readonly assertions: Keyed<AssertionSigner>;
   /** The stages by name: a policy edit replaces `authz` and keeps the rest (compilePolicyEdit). */
   readonly pipeline: PipelineStages;
   /** What the policy stage keeps across sets, by policies.decisionLog: each principal's line budget carries over an edit. */
@@ -239,7 +242,11 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
   const dpop = frozen.identity.dpop;
   const signingKeys = await loadSigningKeys(frozen.assertion, deps.configDir, deps.services.ephemeralKey);
-  const assertions = createAssertionSigner(frozen.assertion, signingKeys, version);
+  // Reused while its settings and keys are the same: a reload does not make every principal's
+  // next request pay for a new signature (~200 µs each).
+  const assertions = reuse(previous?.assertions, stableJson([frozen.assertion, signingKeys.map((k) => k.publicJwk)]), () =>
+    createAssertionSigner(frozen.assertion, signingKeys),
+  );
   // Every reason shows as a series from the start, so a rate() alert on jti_replay works
   // before the first replay.
   for (const reason of DPOP_FAILURE_LABELS) deps.metrics.dpopFailures.inc({ reason }, 0);
@@ -285,7 +292,7 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       now,
     }),
     authz: policies === undefined ? undefined : createPolicyStage(frozen, policies.evaluator, decisionLines!.value, deps),
-    assertion: createAssertionStage(assertions, now),
+    assertion: createAssertionStage(assertions.value, now),
   };
   return Object.freeze({
     config: frozen,
@@ -295,10 +302,10 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     stages: pipelineOf(pipeline),
     trust,
     forwarding: compileForwardingPolicy(frozen.assertion.header),
-    assertions,
+    assertions: assertions.value,
     policies,
     tls,
-    parts: Object.freeze({ issuers: issuerParts, tokenCache, dpop: dpopVerifier, pipeline: Object.freeze(pipeline), decisionLines }),
+    parts: Object.freeze({ issuers: issuerParts, tokenCache, dpop: dpopVerifier, assertions, pipeline: Object.freeze(pipeline), decisionLines }),
   });
 }
 

@@ -2,7 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
-import { ConfigError, formatIssue, loadConfigFile, parseConfig, type ConfigIssue } from './load.ts';
+import { loadConfigFile, parseConfig } from './load.ts';
+import { ConfigError, formatIssue, type ConfigIssue } from '../core/diagnostics.ts';
 
 const MINIMAL = `server:
   listen: { port: 8080 }

@@ -7,33 +7,10 @@ import { dirname, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import formats from 'ajv-formats';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
-import { formatPath, keyName, offsetOf, toPath } from './yaml-path.ts';
+import { ConfigError, formatIssue, type ConfigIssue } from '../core/diagnostics.ts';
+import { formatPath, keyName, offsetOf, toPath } from '../core/yaml-path.ts';
 import { jsonSchema, type Config } from './schema.ts';
 import { checkSemantics, explainRefusedPattern, type ConfigPath } from './semantics.ts';
-
-export interface ConfigIssue {
-  file: string;
-  line: number;
-  col: number;
-  /** Dotted path such as `routes[0].upstream`; '' for the document itself. */
-  field: string;
-  message: string;
-}
-
-export class ConfigError extends Error {
-  readonly code = 'ERR_CONFIG_INVALID';
-  readonly issues: ConfigIssue[];
-
-  constructor(issues: ConfigIssue[], options?: { cause?: unknown }) {
-    super(issues.map(formatIssue).join('\n'), options);
-    this.name = 'ConfigError';
-    this.issues = issues;
-  }
-}
-
-export function formatIssue(i: ConfigIssue): string {
-  return `${i.file}:${i.line}:${i.col}: ${i.field ? `${i.field}: ` : ''}${i.message}`;
-}
 
 export function loadConfigFile(
   file: string,

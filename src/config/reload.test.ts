@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../observability/metrics.ts';
-import { createServices } from '../services.ts';
+import { createServices } from './services.ts';
 import { compilePolicyEdit, compileRuntime, type CompileDeps } from './compile.ts';
-import { ConfigError, formatIssue, parseConfig } from './load.ts';
+import { parseConfig } from './load.ts';
+import { ConfigError, formatIssue } from '../core/diagnostics.ts';
 import { createReloadQueue, restartRequired, stableJson, type ReloadKind } from './reload.ts';
 
 describe('createReloadQueue', () => {

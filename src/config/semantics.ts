@@ -9,8 +9,8 @@ import proxyaddr from 'proxy-addr';
 import type { Config, IssuerConfig, RouteConfig } from './schema.ts';
 import { isCredentialHeader } from '../policy/record-limits.ts';
 import { unforwardable } from '../upstream/header-deny-list.ts';
-import { NOT_SETTABLE } from '../upstream/response-headers.ts';
-import { canonicalPrefix } from '../pipeline/route.ts';
+import { NOT_SETTABLE } from '../pipeline/response-headers.ts';
+import { canonicalPrefix } from '../core/paths.ts';
 
 export type ConfigPath = (string | number)[];
 export interface SemanticIssue {

@@ -12,7 +12,7 @@ const ctx = (id: Identity) => ({ id: 'r1', identity: id, route: { name: 'echo' }
 
 describe('identity assertion lifetime', () => {
   it('expires with the token when the token has less than lifetimeS left', async () => {
-    const signer = createAssertionSigner(config, [await generateSigningKey()], 'v1');
+    const signer = createAssertionSigner(config, [await generateSigningKey()]);
     const id = identity(t0 / 1000 + 20);
     const jwt = await signer.assertionFor(ctx(id), t0);
     const { exp, iat } = decodeJwt(jwt);
@@ -21,13 +21,13 @@ describe('identity assertion lifetime', () => {
   });
 
   it('keeps lifetimeS for a long-lived token, and never rounds up past a fractional token exp', async () => {
-    const signer = createAssertionSigner({ ...config, reuseS: 0 }, [await generateSigningKey()], 'v1');
+    const signer = createAssertionSigner({ ...config, reuseS: 0 }, [await generateSigningKey()]);
     expect(decodeJwt(await signer.assertionFor(ctx(identity(t0 / 1000 + 3600)), t0)).exp).toBe(t0 / 1000 + 60);
     expect(decodeJwt(await signer.assertionFor(ctx(identity(t0 / 1000 + 10.9)), t0)).exp).toBe(t0 / 1000 + 10);
   });
 
   it('reuses an assertion only until the token expires, never after', async () => {
-    const signer = createAssertionSigner(config, [await generateSigningKey()], 'v1');
+    const signer = createAssertionSigner(config, [await generateSigningKey()]);
     const id = identity(t0 / 1000 + 10);
     const first = await signer.assertionFor(ctx(id), t0);
     expect(await signer.assertionFor(ctx(id), t0 + 9_999)).toBe(first); // reuse inside the window

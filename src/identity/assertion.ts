@@ -5,7 +5,7 @@
 // Signing costs ~150-280 µs of CPU per ES256 signature on the reference machine (measured
 // with jose and node:crypto), more than the rest of the request path together, so by default
 // an assertion is reused for `reuseS` seconds for the same (route, subject, groups, device,
-// posture, config). It then carries no per-request id; X-Request-Id does. `reuseS: 0` signs
+// posture, policy set). It then carries no per-request id; X-Request-Id does. `reuseS: 0` signs
 // every request and adds the request id as `rid`, for upstreams that need it signed.
 //
 // An assertion never outlives the access token it vouches for: its exp, and how long it is
@@ -15,8 +15,34 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK, type CryptoKey } from 'jose';
-import type { AssertionConfig } from '../config/schema.ts';
-import type { DeviceContext, RequestContext } from '../pipeline/context.ts';
+import type { DeviceContext, Identity } from '../core/domain.ts';
+
+/** The assertion settings (the config's `assertion` section, config/schema.ts). */
+export interface AssertionOptions {
+  /** Request header the upstream reads the assertion from. */
+  readonly header: string;
+  /** The assertion's iss. */
+  readonly issuer: string;
+  readonly lifetimeS: number;
+  /** How long one signed assertion is reused for the same subject, route and device; 0 signs every request. */
+  readonly reuseS: number;
+  /** Private JWK files, relative to the config's directory; the first signs. Empty: a per-process key. */
+  readonly signingKeys: readonly string[];
+}
+
+/**
+ * What an assertion says, read from the request (the pipeline's request context has this
+ * shape): who, from which device, for which route, allowed by which policy set.
+ */
+export interface AssertedRequest {
+  /** The request id: signed as `rid` when assertions are not reused. */
+  readonly id: string;
+  readonly identity?: Identity;
+  readonly device?: DeviceContext;
+  readonly route?: { readonly name: string };
+  /** Content hash of the policy set that allowed the request. */
+  readonly policySet?: string;
+}
 
 export interface SigningKey {
   readonly kid: string;
@@ -30,7 +56,7 @@ export interface AssertionSigner {
   /** Public keys of every configured signing key: the active one and those kept for overlap. */
   readonly jwks: { readonly keys: readonly JWK[] };
   /** The assertion for this request; synchronous when a reusable one is cached. */
-  assertionFor(ctx: RequestContext, nowMs: number): string | Promise<string>;
+  assertionFor(ctx: AssertedRequest, nowMs: number): string | Promise<string>;
 }
 
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k'];
@@ -79,14 +105,13 @@ function deviceClaim(device: DeviceContext | undefined): Record<string, unknown>
   };
 }
 
-function claimsOf(ctx: RequestContext, configVersion: string): Record<string, unknown> {
+function claimsOf(ctx: AssertedRequest): Record<string, unknown> {
   const identity = ctx.identity;
   return {
     sub: identity?.subject,
     groups: identity?.groups,
     idp: identity?.issuer,
     dev: deviceClaim(ctx.device),
-    cfg: configVersion,
     pol: ctx.policySet, // the policy set that allowed the request
   };
 }
@@ -95,7 +120,7 @@ function claimsOf(ctx: RequestContext, configVersion: string): Record<string, un
  * What a reusable assertion depends on besides the identity (the cache is per identity
  * object): the route and, for a bound device, everything the device claim says.
  */
-function reuseKey(ctx: RequestContext, postureId: (posture: object | undefined) => number): string {
+function reuseKey(ctx: AssertedRequest, postureId: (posture: object | undefined) => number): string {
   const route = ctx.policySet === undefined ? ctx.route!.name : `${ctx.route!.name}\u0000${ctx.policySet}`;
   const device = ctx.device;
   if (device === undefined || device.binding === 'none') return route;
@@ -127,9 +152,8 @@ interface Reusable {
 }
 
 export function createAssertionSigner(
-  config: AssertionConfig,
+  config: AssertionOptions,
   keys: readonly SigningKey[],
-  configVersion: string,
 ): AssertionSigner {
   const active = keys[0];
   if (active === undefined) throw new Error('assertion: no signing key');
@@ -140,11 +164,11 @@ export function createAssertionSigner(
   const byIdentity = new WeakMap<object, Map<string, Reusable>>();
   const postureId = postureNumbering();
 
-  const sign = (ctx: RequestContext, nowMs: number, withRequestId: boolean): Promise<string> => {
+  const sign = (ctx: AssertedRequest, nowMs: number, withRequestId: boolean): Promise<string> => {
     const iat = Math.floor(nowMs / 1000);
     const tokenExp = ctx.identity?.expiresAt;
     const exp = tokenExp === undefined ? iat + lifetimeS : Math.min(iat + lifetimeS, Math.floor(tokenExp));
-    return new SignJWT({ ...claimsOf(ctx, configVersion), ...(withRequestId ? { rid: ctx.id } : {}) })
+    return new SignJWT({ ...claimsOf(ctx), ...(withRequestId ? { rid: ctx.id } : {}) })
       .setProtectedHeader({ alg: active.alg, kid: active.kid, typ: 'zt-assertion+jwt' })
       .setIssuer(config.issuer)
       .setAudience(ctx.route!.name)
@@ -157,7 +181,7 @@ export function createAssertionSigner(
   return Object.freeze({
     header: config.header,
     jwks: Object.freeze({ keys: Object.freeze(keys.map((k) => k.publicJwk)) }),
-    assertionFor(ctx: RequestContext, nowMs: number) {
+    assertionFor(ctx: AssertedRequest, nowMs: number) {
       if (reuseMs <= 0) return sign(ctx, nowMs, true);
       const identity = ctx.identity!;
       let entries = byIdentity.get(identity);
@@ -183,7 +207,7 @@ export function createAssertionSigner(
   });
 }
 
-export async function loadSigningKeys(config: AssertionConfig, configDir: string, fallback: SigningKey): Promise<SigningKey[]> {
+export async function loadSigningKeys(config: AssertionOptions, configDir: string, fallback: SigningKey): Promise<SigningKey[]> {
   if (config.signingKeys.length === 0) return [fallback];
   return Promise.all(config.signingKeys.map((file) => loadSigningKey(resolve(configDir, file))));
 }

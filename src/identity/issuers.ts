@@ -3,7 +3,6 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
-import type { IssuerConfig } from '../config/schema.ts';
 
 export interface CompiledIssuer {
   readonly name: string;
@@ -34,7 +33,25 @@ function loadJwksFile(file: string): JSONWebKeySet {
   return jwks;
 }
 
-export function compileIssuer(config: IssuerConfig, deps: IssuerDeps): CompiledIssuer {
+/** One trusted token issuer, as the config's `issuers[]` entry describes it (config/schema.ts). */
+export interface IssuerOptions {
+  readonly name: string;
+  readonly issuer: string;
+  readonly audiences: readonly string[];
+  readonly algorithms: readonly string[];
+  readonly clockToleranceS: number;
+  readonly groupsClaim: string;
+  readonly maxTokenLifetimeS: number;
+  /** Exactly one of secret, jwksFile (relative to the config's directory) and jwksUrl. */
+  readonly secret?: string;
+  readonly jwksFile?: string;
+  readonly jwksUrl?: string;
+  readonly jwksCacheMaxAgeS: number;
+  readonly jwksCooldownS: number;
+  readonly jwksTimeoutMs: number;
+}
+
+export function compileIssuer(config: IssuerOptions, deps: IssuerDeps): CompiledIssuer {
   const base = {
     name: config.name,
     issuer: config.issuer,

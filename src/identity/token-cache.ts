@@ -4,7 +4,7 @@
 // tokens stay accepted).
 import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { Identity } from '../pipeline/context.ts';
+import type { Identity } from '../core/domain.ts';
 
 export interface TokenCache {
   /** `connection` (the client socket) lets a keep-alive client's repeat token skip the hash. */

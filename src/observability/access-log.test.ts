@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
 import { createAccessRecorder, formatAccessLine, type AccessRecord } from './access-log.ts';
-import { InvalidTokenError } from '../pipeline/errors.ts';
+import { InvalidTokenError } from '../core/errors.ts';
 
 const record = (over: Partial<AccessRecord> = {}): AccessRecord => ({
   reqId: 'r-1',

@@ -2,7 +2,7 @@
 // requests the router refused and requests Node's parser refused before any route ran all
 // write the same access line and count in the same metrics. A second, hand-rolled logger in
 // one of those paths is how a refused (and interesting) request goes unseen.
-import type { ZtError } from '../pipeline/errors.ts';
+import type { ZtError } from '../core/errors.ts';
 import type { Decision, GatewayMetrics } from './metrics.ts';
 import { loggedPath } from './log-path.ts';
 

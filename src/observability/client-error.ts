@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { STATUS_CODES, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { BadRequestError, HeadersTooLargeError, RequestTimeoutError, ZtError } from '../pipeline/errors.ts';
+import { BadRequestError, HeadersTooLargeError, RequestTimeoutError, ZtError } from '../core/errors.ts';
 import { toProblem } from './problem.ts';
 
 /**

@@ -28,7 +28,7 @@ export interface GatewayMetrics {
   readonly policyRuleErrors: LeanCounter<'policy' | 'rule'>;
   readonly policyReloads: Counter<'result'>;
   readonly decisionLinesSuppressed: Counter;
-  /** TLS connections closed for trying to renegotiate (tls-renegotiation.ts). */
+  /** TLS connections closed for trying to renegotiate (server/tls-renegotiation.ts). */
   readonly tlsRenegotiationsRefused: Counter;
   /** Admin-plane requests refused: host (a foreign Host: DNS rebinding), origin (a web page elsewhere), token, bad_host. */
   readonly adminRefusals: Counter<'reason'>;

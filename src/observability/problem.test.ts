@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { ALL_ERRORS, InvalidTokenError, MissingTokenError, UpstreamTimeoutError } from '../pipeline/errors.ts';
+import { ALL_ERRORS, InvalidTokenError, MissingTokenError, UpstreamTimeoutError } from '../core/errors.ts';
 import { PROBLEMS, toProblem } from './problem.ts';
 
 describe('problem mapping', () => {

@@ -34,7 +34,7 @@ import {
   AdminTokenRequiredError,
   ForeignOriginError,
   ProfileBusyError,
-} from '../pipeline/errors.ts';
+} from '../core/errors.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 const REALM = 'zt-gateway';

@@ -4,7 +4,7 @@ import { compileIssuer } from '../identity/issuers.ts';
 import { createTokenCache } from '../identity/token-cache.ts';
 import { createAuthnStage } from './authn.ts';
 import type { CompiledRoute, RequestContext } from './context.ts';
-import { BadRequestError, InvalidTokenError, MissingTokenError } from './errors.ts';
+import { BadRequestError, InvalidTokenError, MissingTokenError } from '../core/errors.ts';
 
 const secret = 's'.repeat(40);
 const issuer = compileIssuer(

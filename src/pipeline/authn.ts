@@ -5,7 +5,7 @@ import { claimProblem, groupsOf } from '../identity/claims.ts';
 import type { CompiledIssuer } from '../identity/issuers.ts';
 import type { TokenCache } from '../identity/token-cache.ts';
 import type { Identity, RequestContext, Stage } from './context.ts';
-import { BadRequestError, InvalidTokenError, IssuerUnavailableError, MissingTokenError } from './errors.ts';
+import { BadRequestError, InvalidTokenError, IssuerUnavailableError, MissingTokenError } from '../core/errors.ts';
 
 export interface AuthnDeps {
   /** Issuers by their `iss` value. */

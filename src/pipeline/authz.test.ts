@@ -4,7 +4,7 @@ import { Writable } from 'node:stream';
 import { compilePolicyFiles } from '../policy/load.ts';
 import { createEvaluator, type Evaluator } from '../policy/evaluate.ts';
 import type { CompiledRoute, RequestContext } from './context.ts';
-import { AccessDeniedError, StepUpRequiredError } from './errors.ts';
+import { AccessDeniedError, StepUpRequiredError } from '../core/errors.ts';
 import { createAuthzStage } from './authz.ts';
 
 const POLICY = `apiVersion: zt-gateway/v1

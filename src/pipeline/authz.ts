@@ -2,13 +2,14 @@
 // RFC 9470; the decision, its deciding rules and the policy-set hash go to the decision log
 // (denies and step-ups always, allows sampled) and stay on the context for the assertion.
 import type { Logger } from 'pino';
-import { toPolicyInput, type Decision, type Evaluator } from '../policy/evaluate.ts';
+import type { Decision, Evaluator } from '../policy/evaluate.ts';
+import { toPolicyInput } from './policy-input.ts';
 import { decisionRecord } from '../policy/record.ts';
 import type { RecordLimits } from '../policy/record-limits.ts';
 import type { LineBudget } from '../observability/line-budget.ts';
 import type { StepUpRequirement } from '../policy/schema.ts';
 import type { RequestContext, Stage } from './context.ts';
-import { AccessDeniedError, StepUpRequiredError } from './errors.ts';
+import { AccessDeniedError, StepUpRequiredError } from '../core/errors.ts';
 import { upstreamPathFor } from './route.ts';
 
 export interface AuthzDeps {

@@ -1,10 +1,12 @@
 import { hash, randomUUID } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import type { DevicePosture } from '../identity/devices/registry.ts';
+import type { DeviceContext, Identity } from '../core/domain.ts';
 import type { Decision } from '../policy/evaluate.ts';
 import type { HeaderDenyList } from '../upstream/header-deny-list.ts';
-import type { ResponsePolicy } from '../upstream/response-headers.ts';
+import type { ResponsePolicy } from './response-headers.ts';
+
+export type { DeviceContext, Identity } from '../core/domain.ts';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -33,31 +35,6 @@ export interface CompiledRoute {
   readonly denyList: HeaderDenyList;
   /** What the upstream's responses may carry to clients, and which cookies it gets (routes[].response). */
   readonly response: ResponsePolicy;
-}
-
-/** What the gateway knows about the device a request came from; what policies will read. */
-export interface DeviceContext {
-  /** The cryptographic fingerprint: RFC 7638 JWK thumbprint (DPoP) or x5t#S256 (mTLS); undefined when unbound. */
-  readonly id: string | undefined;
-  readonly binding: 'dpop' | 'mtls' | 'none';
-  readonly enrolled: boolean;
-  /** The registry's owner is the token's subject. */
-  readonly ownerMatches: boolean;
-  readonly posture: DevicePosture | undefined;
-  readonly stale: boolean;
-  /** Passive client traits differ from the last request of this device (a risk signal only). */
-  readonly fingerprintChanged: boolean;
-}
-
-export interface Identity {
-  readonly subject: string;
-  readonly issuer: string;
-  /** The configured issuer name (not the URL), for logs and metrics. */
-  readonly issuerName: string;
-  readonly groups: readonly string[];
-  readonly claims: Readonly<Record<string, unknown>>;
-  /** Seconds since epoch. */
-  readonly expiresAt: number | undefined;
 }
 
 /**
@@ -164,7 +141,7 @@ const UNTRUSTED_CERT: ClientCert = Object.freeze({ thumbprint: undefined, untrus
  * handshake would outlive a renegotiation). About 5 µs here (getPeerX509Certificate, its DER,
  * SHA-256), against ~50 µs for getPeerCertificate(), which builds every field as a JS object.
  * `authorized` is set once, at the handshake: right only because the listener refuses
- * renegotiation (tls-renegotiation.ts), so there is no later handshake it could miss.
+ * renegotiation (server/tls-renegotiation.ts), so there is no later handshake it could miss.
  */
 function clientCert(socket: IncomingMessage['socket']): ClientCert {
   if (!('encrypted' in socket)) return NO_CERT;

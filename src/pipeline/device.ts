@@ -16,7 +16,7 @@ import {
   InvalidTokenError,
   UntrustedCertificateError,
   UseDpopNonceError,
-} from './errors.ts';
+} from '../core/errors.ts';
 
 export interface DeviceStageDeps {
   readonly dpop: DpopVerifier;

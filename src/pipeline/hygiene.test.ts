@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import proxyaddr from 'proxy-addr';
 import { describe, expect, it } from 'vitest';
 import type { RequestContext } from './context.ts';
-import { BadPathError, BadRequestError, MisdirectedRequestError, PayloadTooLargeError } from './errors.ts';
+import { BadPathError, BadRequestError, MisdirectedRequestError, PayloadTooLargeError } from '../core/errors.ts';
 import { compileAuthorities, createHygieneStage, normalisePath, originFor } from './hygiene.ts';
 
 describe('normalisePath', () => {

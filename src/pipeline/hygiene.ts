@@ -9,8 +9,8 @@
 import { isIP, isIPv6 } from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { RequestContext, Stage } from './context.ts';
-import { BadPathError, BadRequestError, MisdirectedRequestError, PayloadTooLargeError } from './errors.ts';
-import { connectionListed } from '../upstream/headers.ts';
+import { BadPathError, BadRequestError, MisdirectedRequestError, PayloadTooLargeError } from '../core/errors.ts';
+import { connectionListed } from './upstream-headers.ts';
 
 const SLASH = 0x2f;
 const DOT = 0x2e;
@@ -425,7 +425,7 @@ export function createHygieneStage(opts: HygieneOptions): Stage {
     ctx.path = path;
 
     // RFC 9110 §7.6.1: what the client names in Connection is for this hop only. Removed from
-    // what the policy sees and what the upstream gets alike (policy/input.ts, upstream/headers.ts).
+    // what the policy sees and what the upstream gets alike (policy-input.ts, upstream-headers.ts).
     ctx.connectionListed = connectionListed(headers.connection);
 
     const xff = header(headers, 'x-forwarded-for')?.trim() || undefined;

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import type { CompiledRoute, RequestContext } from './context.ts';
-import { canonicalPrefix, compileRouteTable, createRouteStage, matchRoute, pathHasPrefix, upstreamPathFor, withoutPathParameters } from './route.ts';
+import { compileRouteTable, createRouteStage, matchRoute, upstreamPathFor, withoutPathParameters } from './route.ts';
+import { canonicalPrefix, pathHasPrefix } from '../core/paths.ts';
 import { compileDenyList } from '../upstream/header-deny-list.ts';
-import { BadPathError, RouteNotFoundError } from './errors.ts';
+import { BadPathError, RouteNotFoundError } from '../core/errors.ts';
 
 function route(name: string, pathPrefix: string, extra: Partial<CompiledRoute> = {}): CompiledRoute {
   return {

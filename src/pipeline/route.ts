@@ -1,17 +1,7 @@
 // Stage 2: host + longest path prefix → compiled route, and the path the upstream will see.
 import type { CompiledRoute, RequestContext, Stage } from './context.ts';
-import { BadPathError, RouteNotFoundError } from './errors.ts';
-
-/** "/api/" and "/api" both mean the "/api" subtree; "/" means everything. */
-export function canonicalPrefix(prefix: string): string {
-  return prefix.length > 1 && prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
-}
-
-/** Segment-aware: "/api" covers "/api" and "/api/x", never "/apix". */
-export function pathHasPrefix(path: string, prefix: string): boolean {
-  if (prefix === '/') return true;
-  return path.startsWith(prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47 /* / */);
-}
+import { BadPathError, RouteNotFoundError } from '../core/errors.ts';
+import { pathHasPrefix } from '../core/paths.ts';
 
 function hostMatches(patterns: readonly string[] | undefined, host: string): boolean {
   if (patterns === undefined) return true;

@@ -16,7 +16,7 @@ import { decisionScope, type DecisionScope, type PolicyInput } from './input.ts'
 import type { Effect, Mode, Obligations, StepUpRequirement } from './schema.ts';
 import type { CompiledPolicy, CompiledRule, PolicySet } from './set.ts';
 
-export { toPolicyInput, type PolicyInput } from './input.ts';
+export type { PolicyInput } from './input.ts';
 
 export interface RuleRef {
   readonly policy: string;

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
-import { formatIssue, type ConfigIssue } from '../config/load.ts';
+import { formatIssue, type ConfigIssue } from '../core/diagnostics.ts';
 import { compilePolicyFiles, loadPolicyDir, loadPolicyDirAsync, type KnownNames, type PolicyFile, type PolicyFileCache } from './load.ts';
 import type { PolicySet } from './set.ts';
 

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Ajv } from 'ajv';
-import type { ConfigIssue } from '../config/load.ts';
+import type { ConfigIssue } from '../core/diagnostics.ts';
 import { compileCondition } from './cel.ts';
 import { PolicySchema, type PolicyDocument, type RuleDocument } from './schema.ts';
 import { compileScope, createIndex, type CompiledPolicy, type CompiledRule, type PolicySet } from './set.ts';

@@ -7,7 +7,7 @@
 // is an absent key (never null, never a default — see input.ts on why absence matters).
 // inputFromJson is the boundary for text a person may have edited (a test file, a pasted
 // log line), so it checks every field and names the one that is wrong.
-import { formatPath } from '../config/yaml-path.ts';
+import { formatPath } from '../core/yaml-path.ts';
 import type { Decision } from './evaluate.ts';
 import type { PolicyInput } from './input.ts';
 import type { Effect } from './schema.ts';

@@ -2,7 +2,7 @@
 // from a request to the policies that can apply to it. The index is why evaluation cost
 // does not grow with policies for other routes: a request looks up its route, host, path
 // prefixes and method in maps, and only the policies found there are evaluated.
-import { canonicalPrefix, pathHasPrefix } from '../pipeline/route.ts';
+import { canonicalPrefix, pathHasPrefix } from '../core/paths.ts';
 import type { CompiledCondition } from './cel.ts';
 import type { Effect, Mode, Obligations, StepUpRequirement } from './schema.ts';
 

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { formatIssue } from '../config/load.ts';
+import { formatIssue } from '../core/diagnostics.ts';
 import { createEvaluator } from './evaluate.ts';
 import { compilePolicyFiles } from './load.ts';
 import type { PolicySet } from './set.ts';

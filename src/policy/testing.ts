@@ -9,7 +9,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Ajv } from 'ajv';
-import type { ConfigIssue } from '../config/load.ts';
+import type { ConfigIssue } from '../core/diagnostics.ts';
 import type { Decision, Evaluator } from './evaluate.ts';
 import type { PolicyInput } from './input.ts';
 import type { PolicyFile } from './load.ts';

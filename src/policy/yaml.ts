@@ -1,11 +1,11 @@
 // YAML with positions, and Ajv errors as positioned issues, for policy files.
 //
-// Positions come from src/config/yaml-path.ts, shared with the gateway config loader;
+// Positions come from src/core/yaml-path.ts, shared with the gateway config loader;
 // the messages here are worded for policy authors.
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import { LineCounter, parseDocument } from 'yaml';
-import type { ConfigIssue } from '../config/load.ts';
-import { formatPath, offsetOf, toPath, type YamlPath } from '../config/yaml-path.ts';
+import type { ConfigIssue } from '../core/diagnostics.ts';
+import { formatPath, offsetOf, toPath, type YamlPath } from '../core/yaml-path.ts';
 
 export { formatPath };
 export type Path = YamlPath;

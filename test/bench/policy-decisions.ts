@@ -17,7 +17,8 @@
 // Run by `npm run bench` before the HTTP targets.
 import { parseArgs } from 'node:util';
 import type { RequestContext } from '../../src/pipeline/context.ts';
-import { createEvaluator, toPolicyInput, type Decision, type PolicyInput } from '../../src/policy/evaluate.ts';
+import { createEvaluator, type Decision, type PolicyInput } from '../../src/policy/evaluate.ts';
+import { toPolicyInput } from '../../src/pipeline/policy-input.ts';
 import { compilePolicyFiles, type PolicyFile } from '../../src/policy/load.ts';
 import { formatTable, median } from './lib.ts';
 import { largeSet, realisticRouteSet } from './policy-sets.ts';

@@ -9,19 +9,19 @@ const frame = (id: number, functionName: string, url: string, children: number[]
 //      ─ onRequest (server.ts) ─ runPipeline ─ authz stage ─ evaluate (policy)
 //                                            ─ authn stage
 //                                            ─ runPipeline (resumed) ─ assertion stage
-//      ─ proxy (upstream/proxy.ts) ─ route.ts helper (not a stage: not called by runPipeline)
+//      ─ proxy (pipeline/proxy.ts) ─ route.ts helper (not a stage: not called by runPipeline)
 const profile: CpuProfile = {
   nodes: [
     frame(1, '(root)', '', [2, 3, 4, 10]),
     frame(2, 'compile', 'node:internal/modules'),
     frame(3, '(idle)', ''),
-    frame(4, 'onRequest', `${SRC}/server.ts`, [5]),
+    frame(4, 'onRequest', `${SRC}/server/data-plane.ts`, [5]),
     frame(5, 'runPipeline', `${SRC}/pipeline/run.ts`, [6, 8, 9]),
     frame(6, '', `${SRC}/pipeline/authz.ts`, [7]),
     frame(7, 'evaluate', `${SRC}/policy/evaluate.ts`),
     frame(8, '', `${SRC}/pipeline/authn.ts`),
     frame(9, 'runPipeline', `${SRC}/pipeline/run.ts`, [12]),
-    frame(10, 'proxy', `${SRC}/upstream/proxy.ts`, [11]),
+    frame(10, 'proxy', `${SRC}/pipeline/proxy.ts`, [11]),
     frame(11, 'upstreamPathFor', `${SRC}/pipeline/route.ts`),
     frame(12, '', `${SRC}/pipeline/assertion.ts`),
   ],
@@ -41,7 +41,7 @@ describe('stageShares', () => {
   });
 
   it('counts the proxy with what it calls, and a pipeline helper outside a stage is not that stage', () => {
-    expect(us('proxy (src/upstream)')).toBe(10);
+    expect(us('proxy')).toBe(10);
     expect(us('route')).toBeUndefined();
   });
 

@@ -25,7 +25,7 @@ const STAGE_FILE = /\/src\/pipeline\/(\w+)\.ts$/;
 const RUN_PIPELINE = /\/src\/pipeline\/run\.ts$/;
 /** Reached outside the stages, after them: named so their cost is not lost in "rest". */
 const OUTSIDE: readonly (readonly [string, RegExp])[] = [
-  ['proxy (src/upstream)', /\/src\/upstream\//],
+  ['proxy', /\/src\/(?:pipeline\/(?:proxy|upstream-headers|response-headers)\.ts|upstream\/)/],
   ['access line', /\/src\/observability\/access-log\.ts$/],
 ];
 export const REST = 'rest (server, HTTP, undici, GC)';

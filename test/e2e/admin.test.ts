@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { startGateway } from '../../src/gateway.ts';
-import { ConfigError } from '../../src/config/load.ts';
+import { ConfigError } from '../../src/core/diagnostics.ts';
 import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer } from '../../src/dev/issuer.ts';
 import { serveJwks } from '../helpers/jwks-server.ts';

@@ -17,7 +17,7 @@ import { createIssuer } from '../../src/dev/issuer.ts';
 import { serveJwks } from '../helpers/jwks-server.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { rawRequest } from '../helpers/http.ts';
-import { RequestTimeoutError } from '../../src/pipeline/errors.ts';
+import { RequestTimeoutError } from '../../src/core/errors.ts';
 import { toProblem } from '../../src/observability/problem.ts';
 import { exchange, parseResponses } from '../helpers/raw-socket.ts';
 

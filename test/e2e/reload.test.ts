@@ -239,6 +239,27 @@ describe('unchanged parts are reused across a reload', () => {
       await r.gw.close();
     }
   }, 20_000);
+
+  it('keeps the assertion signer and its reusable assertions while the assertion section and keys are the same', async () => {
+    const r = await start(baseConfig());
+    const assertion = async (): Promise<string> => (await r.as('alice')).json().headers['x-zt-assertion'];
+    try {
+      const first = await assertion();
+      expect(first).toMatch(/^ey/);
+      const before = r.gw.holder.current;
+      r.write(baseConfig({ routes: [{ name: 'code', pathPrefix: '/code/', upstream: echo.url, timeoutMs: 4321 }] }));
+      expect(await r.gw.reload()).toBeUndefined();
+      expect(r.gw.holder.current.parts.assertions).toBe(before.parts.assertions);
+      expect(await assertion()).toBe(first); // the same signature, not a new one per principal after every reload
+
+      r.write(baseConfig({ assertion: { lifetimeS: 30 } }));
+      expect(await r.gw.reload()).toBeUndefined();
+      expect(r.gw.holder.current.parts.assertions).not.toBe(before.parts.assertions);
+      expect(await assertion()).not.toBe(first);
+    } finally {
+      await r.gw.close();
+    }
+  }, 20_000);
 });
 
 describe('fields a reload cannot apply are reported as needing a restart', () => {

@@ -1,6 +1,6 @@
 // An https upstream must prove who it is: a certificate the gateway cannot verify is a 502,
 // and nothing (no assertion, no body) is sent to whoever answered. reply-from's default turns
-// this check off; the gateway's own dispatcher (src/upstream/proxy.ts) keeps it on.
+// this check off; the gateway's own dispatcher (src/pipeline/proxy.ts) keeps it on.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';

@@ -24,7 +24,7 @@ import { mkdirSync, readFileSync, watch as fsWatch, type FSWatcher } from 'node:
 import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, Document, type YAMLSeq } from 'yaml';
-import { ConfigError, type ConfigIssue } from '../../config/load.ts';
+import { ConfigError, type ConfigIssue } from '../../core/diagnostics.ts';
 import {
   applyUpdate,
   byId,

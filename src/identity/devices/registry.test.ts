@@ -5,7 +5,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { startRedis, type RedisProcess } from '../../../test/helpers/redis.ts';
-import { ConfigError } from '../../config/load.ts';
+import { ConfigError } from '../../core/diagnostics.ts';
 import { createFileRegistry } from './file-store.ts';
 import { createRedisRegistry } from './redis-store.ts';
 import { deviceInput, fingerprint, registryContract } from './registry.contract.ts';

@@ -9,20 +9,11 @@
 // here, at the boundary, whether they come from an API call, a file or Redis; what a
 // store returns is frozen and can be trusted as typed.
 
-export type TrustLevel = 'low' | 'medium' | 'high';
-export const TRUST_LEVELS: readonly TrustLevel[] = ['low', 'medium', 'high'];
+import type { DevicePosture, TrustLevel } from '../../core/domain.ts';
 
-export interface DevicePosture {
-  managed: boolean;
-  diskEncrypted: boolean;
-  /** '' when unknown. */
-  os: string;
-  /** '' when unknown. */
-  osVersion: string;
-  /** ISO 8601 with a zone (`Z` or an offset). */
-  lastCheckIn: string;
-  trustLevel: TrustLevel;
-}
+export type { DevicePosture, TrustLevel };
+
+export const TRUST_LEVELS: readonly TrustLevel[] = ['low', 'medium', 'high'];
 
 export interface DeviceRecord {
   /** The fingerprint: JWK thumbprint or x5t#S256, base64url, 43 characters. */

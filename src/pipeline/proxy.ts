@@ -7,9 +7,9 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Agent, type Dispatcher } from 'undici';
-import type { RequestContext } from '../pipeline/context.ts';
-import { UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../pipeline/errors.ts';
-import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './headers.ts';
+import type { RequestContext } from './context.ts';
+import { UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../core/errors.ts';
+import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './upstream-headers.ts';
 import { errorResponseHeaders } from './response-headers.ts';
 
 export interface ForwardHooks {
@@ -74,7 +74,7 @@ function replyFromTarget(path: string): string {
 
 /**
  * The upstream request is tied to the client's response: when the client leaves before its
- * answer is complete, server.ts emits CLIENT_GONE on the response and undici aborts the
+ * answer is complete, server/data-plane.ts emits CLIENT_GONE on the response and undici aborts the
  * upstream request (while the body streams, while it waits for the head, or while the
  * response streams back), which frees the upstream connection at once. Without it, a client
  * that sends half a chunked body and leaves kept a connection to the upstream open until the

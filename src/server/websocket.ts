@@ -20,13 +20,13 @@ import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
 import { newContext, requestIdFor, type RequestContext } from '../pipeline/context.ts';
-import { BadRequestError, ClientClosedRequestError, ShuttingDownError, UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../pipeline/errors.ts';
+import { BadRequestError, ClientClosedRequestError, ShuttingDownError, UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../core/errors.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import type { AccessRecord, AccessRecorder } from '../observability/access-log.ts';
 import { closeAfterWrite, responseHead, writeProblemToSocket } from '../observability/client-error.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
-import { clientResponseHeaders, upstreamRequestHeaders, WEBSOCKET_HANDSHAKE, type ForwardingPolicy } from './headers.ts';
-import { errorResponseHeaders } from './response-headers.ts';
+import { clientResponseHeaders, upstreamRequestHeaders, WEBSOCKET_HANDSHAKE, type ForwardingPolicy } from '../pipeline/upstream-headers.ts';
+import { errorResponseHeaders } from '../pipeline/response-headers.ts';
 
 export interface UpgradeOptions {
   readonly holder: RuntimeHolder;

@@ -2,9 +2,9 @@
 // to one connection (RFC 9110 §7.6.1) and never cross the proxy; forwarding headers are
 // written by the gateway from what hygiene established, never copied from the client.
 import type { IncomingHttpHeaders } from 'node:http';
-import type { RequestContext } from '../pipeline/context.ts';
-import { HOP_BY_HOP } from './header-deny-list.ts';
-import { scopedCookieHeader } from './cookies.ts';
+import type { RequestContext } from './context.ts';
+import { HOP_BY_HOP } from '../upstream/header-deny-list.ts';
+import { scopedCookieHeader } from '../upstream/cookies.ts';
 
 /** RFC 6455 handshake fields, forwarded only on a relayed WebSocket handshake and its 101. */
 export const WEBSOCKET_HANDSHAKE = ['sec-websocket-key', 'sec-websocket-version', 'sec-websocket-protocol', 'sec-websocket-extensions', 'sec-websocket-accept'] as const;
@@ -20,7 +20,7 @@ export const NEVER_CROSSES: readonly string[] = [
   'http2-settings',
   // RFC 6455 §4.1-4.2: handshake fields, meaningless outside a handshake. On a plain request
   // (an Upgrade the gateway ignored, or none) they would let a client make an upstream believe
-  // a handshake happened; upstream/websocket.ts puts them back on the one request it relays
+  // a handshake happened; server/websocket.ts puts them back on the one request it relays
   // as a WebSocket, and on that request's 101.
   ...WEBSOCKET_HANDSHAKE,
 ];
@@ -69,7 +69,7 @@ export function upstreamRequestHeaders(ctx: RequestContext, upstreamHost: string
   for (const name in ctx.headers) {
     if (policy.strip.has(name) || (listed !== undefined && listed.has(name))) continue;
     if (dropCredentials && CREDENTIALS.has(name)) continue; // upstreams get the assertion instead
-    if (deny.denies(name)) continue; // the same test the policy input applies (policy/input.ts)
+    if (deny.denies(name)) continue; // the same test the policy input applies (policy-input.ts)
     if (obligations !== undefined && obligations.has(name)) continue; // only the deciding rule may set it
     if (name === 'cookie' && cookieMarker !== undefined) {
       // Only this route's cookies, under the names its upstream gave them (cookies.ts).

@@ -5,10 +5,10 @@
 // (one route's upstream must not turn HSTS off, open CORS with credentials or clear the
 // site's data for every route), and obsolete pinning headers. Rewritten by default:
 // Location/Content-Location naming the upstream (location.ts) and Set-Cookie (cookies.ts).
-import type { RequestContext } from '../pipeline/context.ts';
-import { scopeSetCookie, type CookieScope } from './cookies.ts';
-import { NEVER_CROSSES } from './headers.ts';
-import { rewriteLocation, type PathMapping, type UpstreamBase } from './location.ts';
+import type { RequestContext } from './context.ts';
+import { scopeSetCookie, type CookieScope } from '../upstream/cookies.ts';
+import { NEVER_CROSSES } from './upstream-headers.ts';
+import { rewriteLocation, type PathMapping, type UpstreamBase } from '../upstream/location.ts';
 
 /** The routes[].response.ownHostHeaders groups (config/schema.ts HOST_WIDE_HEADER_GROUPS) and the headers in each. */
 export const HOST_WIDE_HEADERS = {

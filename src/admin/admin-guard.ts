@@ -8,7 +8,7 @@
 //   e.g. to start profiles) is named by the Origin (or Sec-Fetch-Site) the browser adds.
 import { isIPv6 } from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
-import { BadRequestError, ForeignOriginError, MisdirectedRequestError, type ZtError } from '../pipeline/errors.ts';
+import { BadRequestError, ForeignOriginError, MisdirectedRequestError, type ZtError } from '../core/errors.ts';
 
 /** The configured server.admin.hosts, compiled once. */
 export interface AdminHosts {

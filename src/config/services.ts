@@ -6,14 +6,14 @@
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Config } from './config/schema.ts';
-import { generateSigningKey, type SigningKey } from './identity/assertion.ts';
-import type { DeviceRegistry } from './identity/devices/registry.ts';
-import { createFileRegistry } from './identity/devices/file-store.ts';
-import { createRedisRegistry } from './identity/devices/redis-store.ts';
-import { createMemoryReplayCache, createRedisReplayCache, type ReplayCache } from './identity/replay-cache.ts';
-import { createFingerprintTracker, type FingerprintTracker } from './identity/fingerprint.ts';
-import type { GatewayMetrics } from './observability/metrics.ts';
+import type { Config } from './schema.ts';
+import { generateSigningKey, type SigningKey } from '../identity/assertion.ts';
+import type { DeviceRegistry } from '../identity/devices/registry.ts';
+import { createFileRegistry } from '../identity/devices/file-store.ts';
+import { createRedisRegistry } from '../identity/devices/redis-store.ts';
+import { createMemoryReplayCache, createRedisReplayCache, type ReplayCache } from '../identity/replay-cache.ts';
+import { createFingerprintTracker, type FingerprintTracker } from '../identity/fingerprint.ts';
+import type { GatewayMetrics } from '../observability/metrics.ts';
 
 export interface Services {
   readonly redis: Redis | undefined;

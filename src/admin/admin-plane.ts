@@ -10,12 +10,12 @@ import { finished } from 'node:stream';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
-import type { GatewayMetrics } from './metrics.ts';
-import type { Services } from '../services.ts';
+import type { GatewayMetrics } from '../observability/metrics.ts';
+import type { Services } from '../config/services.ts';
 import { checkReadiness } from './readiness.ts';
 import { acquireProfiler, cpuProfile, MAX_PROFILE_SECONDS, parseProfileSeconds, writeHeapSnapshotFile } from './profile.ts';
-import { toProblem } from './problem.ts';
-import { createClientErrorHandler } from './client-error.ts';
+import { toProblem } from '../observability/problem.ts';
+import { createClientErrorHandler } from '../observability/client-error.ts';
 import { compileAdminHosts, refuseAdminRequest, type AdminRefusalReason } from './admin-guard.ts';
 import type { AdminCredential } from './admin-token.ts';
 import {
@@ -26,7 +26,7 @@ import {
   ProfileBusyError,
   RouteNotFoundError,
   ZtError,
-} from '../pipeline/errors.ts';
+} from '../core/errors.ts';
 
 export interface AdminPlaneOptions {
   readonly holder: RuntimeHolder;

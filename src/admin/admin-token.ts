@@ -6,9 +6,9 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
-import { ConfigError, type ConfigIssue } from '../config/load.ts';
+import { ConfigError, type ConfigIssue } from '../core/diagnostics.ts';
 import type { Config } from '../config/schema.ts';
-import { formatPath, offsetOf, type YamlPath } from '../config/yaml-path.ts';
+import { formatPath, offsetOf, type YamlPath } from '../core/yaml-path.ts';
 
 /** 32 characters of base64 are 192 bits: out of reach of guessing even without a rate limit. */
 export const MIN_ADMIN_TOKEN_LENGTH = 32;

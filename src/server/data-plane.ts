@@ -5,21 +5,21 @@ import { Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import replyFrom from '@fastify/reply-from';
 import type { Logger } from 'pino';
-import type { RuntimeHolder } from './config/compile.ts';
-import type { ServerConfig } from './config/schema.ts';
+import type { RuntimeHolder } from '../config/compile.ts';
+import type { ServerConfig } from '../config/schema.ts';
 import { readFileSync } from 'node:fs';
 import type http from 'node:http';
 import type https from 'node:https';
 import { resolve } from 'node:path';
-import { newContext, requestIdFor, type RequestContext } from './pipeline/context.ts';
-import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, ShuttingDownError, UpstreamErrorResponse, ZtError } from './pipeline/errors.ts';
-import { runPipeline } from './pipeline/run.ts';
-import { toProblem } from './observability/problem.ts';
-import type { GatewayMetrics } from './observability/metrics.ts';
-import { createAccessRecorder, type AccessLineSink } from './observability/access-log.ts';
-import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID } from './observability/client-error.ts';
-import { CLIENT_GONE, createUpstreamDispatcher, forward } from './upstream/proxy.ts';
-import { attachUpgradeHandling, isWebSocketUpgrade } from './upstream/websocket.ts';
+import { newContext, requestIdFor, type RequestContext } from '../pipeline/context.ts';
+import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, ShuttingDownError, UpstreamErrorResponse, ZtError } from '../core/errors.ts';
+import { runPipeline } from '../pipeline/run.ts';
+import { toProblem } from '../observability/problem.ts';
+import type { GatewayMetrics } from '../observability/metrics.ts';
+import { createAccessRecorder, type AccessLineSink } from '../observability/access-log.ts';
+import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID } from '../observability/client-error.ts';
+import { CLIENT_GONE, createUpstreamDispatcher, forward } from '../pipeline/proxy.ts';
+import { attachUpgradeHandling, isWebSocketUpgrade } from './websocket.ts';
 import { refuseClientRenegotiation } from './tls-renegotiation.ts';
 
 
@@ -137,7 +137,7 @@ function listenerOptions(server: ServerConfig): http.ServerOptions {
     connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(Math.min(headersMs, requestMs) / 4))),
     // Node answers a missing Host itself with a bare 400; hygiene refuses it with a problem document.
     requireHostHeader: false,
-    // Only a WebSocket upgrade becomes an 'upgrade' event (upstream/websocket.ts decides the
+    // Only a WebSocket upgrade becomes an 'upgrade' event (server/websocket.ts decides the
     // rest); any other Upgrade is served as a plain request on a connection that then closes,
     // so nothing the client sends after it is read as another protocol or another request.
     shouldUpgradeCallback: (req: http.IncomingMessage) => {
@@ -262,7 +262,7 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     };
     // A client that closes its connection before its answer is complete (mid-body, while the
     // pipeline or the upstream works, mid-response) gets one access line with 499, as nginx
-    // logs it, and the upstream request is aborted at once (upstream/proxy.ts CLIENT_GONE).
+    // logs it, and the upstream request is aborted at once (pipeline/proxy.ts CLIENT_GONE).
     raw.once('close', () => {
       if (raw.writableFinished || state.clientGone) return;
       state.clientGone = true;

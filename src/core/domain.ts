@@ -1,0 +1,43 @@
+// The domain vocabulary every layer speaks: who made a request (Identity), from which
+// device (DeviceContext, DevicePosture). Plain, readonly data: the identity library fills
+// it, the pipeline carries it, policies and the assertion read it.
+
+export type TrustLevel = 'low' | 'medium' | 'high';
+
+/** A device's posture as the registry holds it (MDM check-in). */
+export interface DevicePosture {
+  managed: boolean;
+  diskEncrypted: boolean;
+  /** '' when unknown. */
+  os: string;
+  /** '' when unknown. */
+  osVersion: string;
+  /** ISO 8601 with a zone (`Z` or an offset). */
+  lastCheckIn: string;
+  trustLevel: TrustLevel;
+}
+
+/** What the gateway knows about the device a request came from; what policies will read. */
+export interface DeviceContext {
+  /** The cryptographic fingerprint: RFC 7638 JWK thumbprint (DPoP) or x5t#S256 (mTLS); undefined when unbound. */
+  readonly id: string | undefined;
+  readonly binding: 'dpop' | 'mtls' | 'none';
+  readonly enrolled: boolean;
+  /** The registry's owner is the token's subject. */
+  readonly ownerMatches: boolean;
+  readonly posture: DevicePosture | undefined;
+  readonly stale: boolean;
+  /** Passive client traits differ from the last request of this device (a risk signal only). */
+  readonly fingerprintChanged: boolean;
+}
+
+export interface Identity {
+  readonly subject: string;
+  readonly issuer: string;
+  /** The configured issuer name (not the URL), for logs and metrics. */
+  readonly issuerName: string;
+  readonly groups: readonly string[];
+  readonly claims: Readonly<Record<string, unknown>>;
+  /** Seconds since epoch. */
+  readonly expiresAt: number | undefined;
+}
