@@ -20,6 +20,13 @@ export interface StartRedisOptions {
   bin?: string;
   /** How long to wait for the first PONG; default 5000 ms. */
   timeoutMs?: number;
+  /**
+   * Listen on this port (e.g. to restart a stopped server where its clients reconnect);
+   * default a free one. A given port is tried once: if taken, startRedis rejects.
+   */
+  port?: number;
+  /** Extra redis-server arguments, after the defaults (e.g. ['--cluster-enabled', 'yes']). */
+  args?: readonly string[];
 }
 
 const HOST = '127.0.0.1';
@@ -32,18 +39,21 @@ class AddressInUse extends Error {}
 export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisProcess> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(opts.bin ?? 'redis-server', opts.timeoutMs ?? 5000);
+      // A given port with a server on it would answer the readiness PING for the new one
+      // (which then exits with "address in use"): refuse it up front.
+      if (opts.port !== undefined && (await ping(opts.port))) throw new AddressInUse(`port ${opts.port} is already in use`);
+      const port = opts.port ?? (await freePort(HOST));
+      return await startOnce(opts.bin ?? 'redis-server', opts.timeoutMs ?? 5000, port, opts.args ?? []);
     } catch (err) {
-      if (!(err instanceof AddressInUse) || attempt >= PORT_ATTEMPTS) throw err;
+      if (!(err instanceof AddressInUse) || attempt >= PORT_ATTEMPTS || opts.port !== undefined) throw err;
     }
   }
 }
 
-async function startOnce(bin: string, timeoutMs: number): Promise<RedisProcess> {
-  const port = await freePort(HOST);
+async function startOnce(bin: string, timeoutMs: number, port: number, extra: readonly string[]): Promise<RedisProcess> {
   // No persistence: nothing is written to disk and a test never sees a previous
   // run's keys. --dir only matters if a test issues SAVE itself.
-  const args = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', tmpdir(), '--daemonize', 'no', '--loglevel', 'warning'];
+  const args = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', tmpdir(), '--daemonize', 'no', '--loglevel', 'warning', ...extra];
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
 
   let output = '';
