@@ -23,6 +23,7 @@ import { compileForwardingPolicy, type ForwardingPolicy } from '../pipeline/upst
 import { compileDenyList, type HeaderDenyList } from '../upstream/header-deny-list.ts';
 import { compileResponsePolicy } from '../pipeline/response-headers.ts';
 import type { Services } from './services.ts';
+import { compileUpstreams, routeUpstreamName, type CompiledEndpoint, type CompiledUpstream } from './upstreams.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createAuthzStage } from '../pipeline/authz.ts';
@@ -113,16 +114,22 @@ export interface CompileDeps {
   readonly now?: () => number;
 }
 
-function compileRoute(route: RouteConfig, config: Config, sharedDenyList: HeaderDenyList, logger: Logger): CompiledRoute {
-  const upstream = new URL(route.upstream);
-  const basePath = upstream.pathname.replace(/\/+$/, '');
+/** The endpoint of best priority: what a request goes to while no breaker or failover says otherwise. */
+function preferredEndpoint(upstream: CompiledUpstream): CompiledEndpoint {
+  return upstream.endpoints.reduce((best, e) => (e.priority < best.priority ? e : best));
+}
+
+function compileRoute(route: RouteConfig, config: Config, upstreams: ReadonlyMap<string, CompiledUpstream>, sharedDenyList: HeaderDenyList, logger: Logger): CompiledRoute {
+  const upstreamName = routeUpstreamName(route);
+  const preferred = preferredEndpoint(upstreams.get(upstreamName)!);
   const pathPrefix = canonicalPrefix(route.pathPrefix);
   return Object.freeze({
     name: route.name,
     hosts: route.hosts === undefined || route.hosts.includes('*') ? undefined : Object.freeze(route.hosts.map((h) => h.toLowerCase())),
     pathPrefix,
-    upstreamOrigin: upstream.origin,
-    upstreamBasePath: basePath,
+    upstream: upstreamName,
+    upstreamOrigin: preferred.origin,
+    upstreamBasePath: preferred.basePath,
     stripPrefix: route.stripPrefix,
     caseInsensitive: route.caseInsensitive,
     public: route.public,
@@ -141,7 +148,7 @@ function compileRoute(route: RouteConfig, config: Config, sharedDenyList: Header
       routeName: route.name,
       // As pipeline/route.ts upstreamPathFor builds upstream paths: "/" has nothing to strip.
       mapping: { prefix: pathPrefix, strips: route.stripPrefix && pathPrefix !== '/' },
-      upstream: { origin: upstream.origin, basePath },
+      upstream: { origin: preferred.origin, basePath: preferred.basePath },
       response: route.response,
       bannerHeaders: config.server.bannerHeaders,
       onMalformedCookie: (ctx, reason) => logger.debug({ reqId: ctx.id, route: route.name, reason }, 'malformed set-cookie dropped'),
@@ -238,7 +245,8 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
   const sameIssuers = deps.previous !== undefined && issuers.length === deps.previous.issuers.length && issuers.every((i, n) => i === deps.previous!.issuers[n]);
   const tokenCache = reuse(sameIssuers ? previous?.tokenCache : undefined, stableJson(frozen.identity.tokenCache), () => createTokenCache(frozen.identity.tokenCache));
   const sharedDenyList = compileDenyList({ extra: denyExtra(frozen) });
-  const routes = frozen.routes.map((r) => compileRoute(r, frozen, sharedDenyList, deps.logger));
+  const upstreams = compileUpstreams(frozen);
+  const routes = frozen.routes.map((r) => compileRoute(r, frozen, upstreams, sharedDenyList, deps.logger));
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
   const dpop = frozen.identity.dpop;
   const signingKeys = await loadSigningKeys(frozen.assertion, deps.configDir, deps.services.ephemeralKey);
@@ -322,7 +330,12 @@ function decisionLinesFor(config: Config, previous: Keyed<DecisionLines> | undef
 function createPolicyStage(config: Config, evaluator: Evaluator, lines: DecisionLines, deps: CompileDeps): Stage {
   return createAuthzStage({
     policies: { current: evaluator },
-    upstreams: config.upstreams,
+    upstreams: Object.fromEntries(
+      Object.keys(config.upstreams).map((name) => {
+        const e = preferredEndpoint(compileUpstreams({ upstreams: { [name]: config.upstreams[name]! }, routes: [] }).get(name)!);
+        return [name, e.origin + e.basePath];
+      }),
+    ),
     decisionLog: deps.decisionLog,
     allowSampleRate: config.policies?.decisionLog.allowSampleRate ?? 0,
     recordLimits: lines.recordLimits,

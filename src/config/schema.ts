@@ -11,6 +11,11 @@ const HOST_NAME_PATTERN = '^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 /** Headers whose effect reaches past one route to the whole host; see RouteResponse.ownHostHeaders. */
 export const HOST_WIDE_HEADER_GROUPS = ['strict-transport-security', 'cors', 'alt-svc', 'clear-site-data', 'reporting', 'service-worker-allowed'] as const;
 
+/** A period: "10s", "1m", "1h". */
+const PERIOD_PATTERN = '^[1-9][0-9]{0,5}(s|m|h)$';
+const TIER_NAME = Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' });
+const UPSTREAM_URL = Type.String({ format: 'uri', pattern: '^https?://' });
+
 const HeaderName = Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$' });
 
 const RouteResponse = Type.Object(
@@ -255,7 +260,13 @@ const Route = Type.Object(
       }),
     ),
     pathPrefix: Type.String({ pattern: '^/', description: 'Longest matching prefix wins. "/api/" matches "/api/x" and "/api".' }),
-    upstream: Type.String({ format: 'uri', pattern: '^https?://', description: 'Base URL; its path is prepended to the forwarded path.' }),
+    upstream: Type.String({
+      pattern: '^(https?://.+|[a-z0-9][a-z0-9_-]*)$',
+      description: 'Base URL (one endpoint; its path is prepended to the forwarded path), or the name of an entry in upstreams.',
+    }),
+    limits: Type.Array(TIER_NAME, { default: [], uniqueItems: true, description: 'Rate-limit tiers (limits.tiers) every request of this route is checked against.' }),
+    rateLimiting: Type.Boolean({ default: true, description: 'Off: neither this route\'s tiers nor a policy\'s rateLimitTier apply here.' }),
+    circuitBreaker: Type.Boolean({ default: true, description: 'Off: requests of this route pass breakers by (their outcomes are not counted).' }),
     stripPrefix: Type.Boolean({ default: false, description: 'Remove pathPrefix before forwarding.' }),
     caseInsensitive: Type.Boolean({
       default: false,
@@ -290,6 +301,114 @@ const Route = Type.Object(
       description:
         'Client request headers this route forwards (and shows to policies) although the built-in deny list or server.stripHeaders names them, e.g. x-forwarded-prefix for an upstream that trusts only this gateway. Not the gateway\'s own (X-Forwarded-For/-Proto/-Host, X-Request-Id, the assertion header) nor hop-by-hop ones.',
     }),
+  },
+  Strict,
+);
+
+const LimitTier = Type.Object(
+  {
+    limit: Type.Integer({ minimum: 1, maximum: 1_000_000_000, description: 'Requests per period, sustained.' }),
+    per: Type.String({ pattern: PERIOD_PATTERN, description: 'The period: "10s", "1m", "1h".' }),
+    burst: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 1_000_000_000, description: 'Requests allowed at once from idle (GCRA capacity). Default: limit.' }),
+    ),
+    key: Type.Array(Type.String({ pattern: '^(subject|device|route|ip|claim:[A-Za-z0-9_.-]{1,64})$' }), {
+      minItems: 1,
+      uniqueItems: true,
+      default: ['subject'],
+      description: 'What one bucket counts: any of subject, device, route, ip (the client IP, trusted-proxy aware), claim:<name>. A value the request lacks (no subject on a public route) is one shared bucket.',
+    }),
+    onStoreFailure: Type.Union([Type.Literal('allow'), Type.Literal('deny'), Type.Literal('local')], {
+      default: 'local',
+      description: 'When the Redis store fails or times out: allow (fail open), deny (503), local (an in-process limit at limit / limits.expectedInstances).',
+    }),
+  },
+  Strict,
+);
+
+const Limits = Type.Object(
+  {
+    store: Type.Optional(
+      Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+        description: 'Where counters live. Default: redis when limits.redis or the redis section is set, else memory (per instance).',
+      }),
+    ),
+    redis: Type.Optional(
+      Type.Object(
+        {
+          url: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'A Redis of its own for limits (default: the redis section\'s).' })),
+          cluster: Type.Optional(
+            Type.Array(Type.String({ pattern: '^rediss?://' }), { minItems: 1, description: 'Seed nodes of a Redis Cluster (ioredis Cluster); keys are hash-tagged so one check lands on one slot.' }),
+          ),
+        },
+        Strict,
+      ),
+    ),
+    timeoutMs: Type.Integer({ minimum: 1, maximum: 5000, default: 50, description: 'A store answer slower than this is a store failure (onStoreFailure decides).' }),
+    expectedInstances: Type.Integer({ minimum: 1, maximum: 10_000, default: 1, description: 'Gateways sharing the store: the local fallback allows limit / this.' }),
+    keyPrefix: Type.String({ minLength: 1, maxLength: 64, default: 'ztgw:rl:' }),
+    maxLocalKeys: Type.Integer({ minimum: 100, maximum: 10_000_000, default: 100_000, description: 'Buckets the in-memory store keeps (least recently used go first; an idle bucket is a full one).' }),
+    tiers: Type.Record(TIER_NAME, LimitTier, { default: {}, description: 'Named limits that routes (routes[].limits) and policies (obligations.rateLimitTier) apply.' }),
+  },
+  { ...Strict, default: {}, description: 'Rate limits (GCRA): tiers, and where their counters live.' },
+);
+
+// Inside a union (an upstream is a URL or this object) Ajv fills no defaults, so every field
+// here is optional and config/upstreams.ts applies the defaults the descriptions state.
+const Breaker = Type.Object(
+  {
+    enabled: Type.Optional(Type.Boolean({ description: 'One circuit breaker per endpoint. Default: true.' })),
+    errorThresholdPercentage: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 100, description: 'Opens when failures (connection errors, timeouts, 5xx) exceed this share of the window. Default: 50.' }),
+    ),
+    volumeThreshold: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000, description: '…and the window holds at least this many requests. Default: 20.' })),
+    rollingCountTimeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 600_000, description: 'The window. Default: 10000.' })),
+    rollingCountBuckets: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Default: 10.' })),
+    resetTimeoutMs: Type.Optional(
+      Type.Integer({ minimum: 100, maximum: 3_600_000, description: 'Time open before one probe request is let through (half-open). Default: 10000.' }),
+    ),
+  },
+  Strict,
+);
+
+const UpstreamObject = Type.Object(
+  {
+    endpoints: Type.Array(
+      Type.Object(
+        {
+          name: Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }),
+          url: UPSTREAM_URL,
+          priority: Type.Optional(
+            Type.Integer({
+              minimum: 0,
+              maximum: 100,
+              description: 'Lower is preferred (the local region 0, the central one 1): traffic fails over to the next priority when every endpoint of this one is out. Default: 0.',
+            }),
+          ),
+        },
+        Strict,
+      ),
+      { minItems: 1, maxItems: 64 },
+    ),
+    maxInFlight: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000, description: 'Bulkhead: requests in flight to this upstream; beyond it 503 at once. Default: 1024.' })),
+    maxInFlightPerPrincipal: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 1_000_000,
+        description: 'Fair share: requests in flight per principal (subject + device); beyond it 429 at once, so one client cannot hold every connection. Default: 64.',
+      }),
+    ),
+    breaker: Type.Optional(Breaker),
+    retry: Type.Optional(
+      Type.Object(
+        {
+          attempts: Type.Optional(Type.Integer({ minimum: 0, maximum: 5, description: 'Retries of idempotent requests without a body, on another endpoint when there is one. Default: 0.' })),
+          budgetPercent: Type.Optional(Type.Integer({ minimum: 0, maximum: 100, description: 'Retries in flight stay under this share of the requests in flight… Default: 20.' })),
+          minRetryConcurrency: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, description: '…or this many, whichever is more. Default: 3.' })),
+        },
+        Strict,
+      ),
+    ),
   },
   Strict,
 );
@@ -384,9 +503,11 @@ export const ConfigSchema = Type.Object(
     redis: Type.Optional(Redis),
     assertion: Assertion,
     policies: Type.Optional(Policies),
-    upstreams: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), Type.String({ format: 'uri', pattern: '^https?://' }), {
+    limits: Limits,
+    upstreams: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), Type.Union([UPSTREAM_URL, UpstreamObject]), {
       default: {},
-      description: 'Named upstreams policies may send a request to instead of the route\'s (obligations.upstream), e.g. a quarantine service.',
+      description:
+        'Named upstreams: a base URL, or endpoints with priorities, breaker, bulkhead and retry settings. Routes name them (routes[].upstream) and policies may send a request to one instead of the route\'s (obligations.upstream), e.g. a quarantine service.',
     }),
   },
   { ...Strict, $id: 'https://zt-gateway.local/schema/config.json', title: 'zt-gateway configuration' },
@@ -394,6 +515,10 @@ export const ConfigSchema = Type.Object(
 
 export type Config = Static<typeof ConfigSchema>;
 export type IssuerConfig = Static<typeof Issuer>;
+export type LimitsConfig = Static<typeof Limits>;
+export type LimitTierConfig = Static<typeof LimitTier>;
+export type UpstreamConfig = Static<typeof UpstreamObject>;
+export type BreakerConfig = Static<typeof Breaker>;
 export type RouteConfig = Static<typeof Route>;
 export type ServerConfig = Static<typeof Server>;
 export type DpopConfig = Static<typeof Dpop>;

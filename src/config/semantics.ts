@@ -36,10 +36,46 @@ export function checkSemantics(config: Config, baseDir: string): SemanticIssue[]
     ...forwardHeaders(config),
     ...settableHeaders(config.routes),
     ...publicOrigins(config.server.publicOrigins),
+    ...upstreamReferences(config),
+    ...limitReferences(config),
     ...('redis' in config.devices.registry && config.redis === undefined
       ? [{ path: ['devices', 'registry', 'redis'], message: 'a Redis device registry needs a top-level redis section' }]
       : []),
   ];
+}
+
+/** A route's upstream is a URL or the name of an entry in upstreams; endpoint names are unique per upstream. */
+function upstreamReferences(config: Config): SemanticIssue[] {
+  const names = Object.keys(config.upstreams);
+  const issues: SemanticIssue[] = config.routes.flatMap((route, i) =>
+    /^https?:\/\//.test(route.upstream) || Object.hasOwn(config.upstreams, route.upstream)
+      ? []
+      : [{ path: ['routes', i, 'upstream'], message: `unknown upstream "${route.upstream}" (${names.length === 0 ? 'the upstreams section defines none' : `defined: ${names.join(', ')}`})` }],
+  );
+  for (const [name, upstream] of Object.entries(config.upstreams)) {
+    if (typeof upstream !== 'string') issues.push(...duplicateNames(upstream.endpoints, ['upstreams', name, 'endpoints'], 'endpoint'));
+  }
+  return issues;
+}
+
+/** Tiers named by routes exist; a Redis store has a Redis to talk to. */
+function limitReferences(config: Config): SemanticIssue[] {
+  const tiers = Object.keys(config.limits.tiers);
+  const issues: SemanticIssue[] = config.routes.flatMap((route, i) =>
+    route.limits.flatMap((tier, j) =>
+      Object.hasOwn(config.limits.tiers, tier)
+        ? []
+        : [{ path: ['routes', i, 'limits', j], message: `unknown rate-limit tier "${tier}" (${tiers.length === 0 ? 'limits.tiers defines none' : `defined: ${tiers.join(', ')}`})` }],
+    ),
+  );
+  const redis = config.limits.redis;
+  if (redis !== undefined && (redis.url === undefined) === (redis.cluster === undefined)) {
+    issues.push({ path: ['limits', 'redis'], message: 'set exactly one of url and cluster' });
+  }
+  if (config.limits.store === 'redis' && redis === undefined && config.redis === undefined) {
+    issues.push({ path: ['limits', 'store'], message: 'a redis store needs limits.redis or a top-level redis section' });
+  }
+  return issues;
 }
 
 /**

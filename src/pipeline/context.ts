@@ -15,7 +15,9 @@ export interface CompiledRoute {
   readonly hosts: readonly string[] | undefined;
   /** Always ends without a trailing slash unless it is "/" itself; matching is segment-aware. */
   readonly pathPrefix: string;
-  /** Origin of the upstream, e.g. "http://10.0.0.5:8080". */
+  /** Name of the upstream (config/upstreams.ts: a named one, or "route:<route>" for a URL). */
+  readonly upstream: string;
+  /** Origin of the upstream's preferred endpoint, e.g. "http://10.0.0.5:8080". */
   readonly upstreamOrigin: string;
   /** Path of the upstream base URL without trailing slash ("" for none). */
   readonly upstreamBasePath: string;

@@ -10,6 +10,7 @@ function route(name: string, pathPrefix: string, extra: Partial<CompiledRoute> =
     name,
     hosts: undefined,
     pathPrefix: canonicalPrefix(pathPrefix),
+    upstream: `route:${name}`,
     upstreamOrigin: 'http://up',
     upstreamBasePath: '',
     stripPrefix: false,
