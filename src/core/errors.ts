@@ -171,6 +171,41 @@ export class StepUpRequiredError extends ZtError {
   readonly status = 401;
 }
 
+/** A rate-limit tier (limits.tiers) refused the request; Retry-After and the RateLimit headers say when to come back. */
+export class RateLimitedError extends ZtError {
+  static override readonly code = 'ERR_RATE_LIMITED';
+  readonly code = RateLimitedError.code;
+  readonly status = 429;
+}
+
+/** The rate-limit store failed and a tier's onStoreFailure is deny: refused, not waved through. */
+export class RateLimitUnavailableError extends ZtError {
+  static override readonly code = 'ERR_RATE_LIMIT_UNAVAILABLE';
+  readonly code = RateLimitUnavailableError.code;
+  readonly status = 503;
+}
+
+/** This principal (subject + device) already has the upstream's fair share of requests in flight. */
+export class PrincipalBusyError extends ZtError {
+  static override readonly code = 'ERR_TOO_MANY_IN_FLIGHT';
+  readonly code = PrincipalBusyError.code;
+  readonly status = 429;
+}
+
+/** The upstream's bulkhead is full: answered at once instead of queued. */
+export class UpstreamBusyError extends ZtError {
+  static override readonly code = 'ERR_UPSTREAM_BUSY';
+  readonly code = UpstreamBusyError.code;
+  readonly status = 503;
+}
+
+/** Every endpoint of the upstream is out (breakers open): answered at once, the upstream is not contacted. */
+export class UpstreamUnavailableError extends ZtError {
+  static override readonly code = 'ERR_UPSTREAM_UNAVAILABLE';
+  readonly code = UpstreamUnavailableError.code;
+  readonly status = 503;
+}
+
 export class UpstreamUnreachableError extends ZtError {
   static override readonly code = 'ERR_UPSTREAM_UNREACHABLE';
   readonly code = UpstreamUnreachableError.code;
@@ -277,5 +312,10 @@ export const ALL_ERRORS = [
   ProfileBusyError,
   ShuttingDownError,
   ClientClosedRequestError,
+  RateLimitedError,
+  RateLimitUnavailableError,
+  PrincipalBusyError,
+  UpstreamBusyError,
+  UpstreamUnavailableError,
   InternalError,
 ] as const;

@@ -30,6 +30,16 @@ export interface GatewayMetrics {
   readonly decisionLinesSuppressed: Counter;
   /** TLS connections closed for trying to renegotiate (server/tls-renegotiation.ts). */
   readonly tlsRenegotiationsRefused: Counter;
+  /** Rate-limit checks by tier and result (allowed, limited, degraded_allow, degraded_deny, local). */
+  readonly rateLimitChecks: LeanCounter<'tier' | 'result'>;
+  /** 1 while the rate-limit store answers, 0 while it is failing (each tier's onStoreFailure applies). */
+  readonly rateLimitStoreUp: Gauge;
+  /** Circuit breaker state per upstream endpoint: 0 closed, 1 half-open, 2 open. */
+  readonly breakerState: Gauge<'upstream' | 'endpoint'>;
+  /** Requests answered by the gateway without contacting the upstream, by reason. */
+  readonly upstreamRefusals: Counter<'upstream' | 'reason'>;
+  /** Retries of upstream requests, by result (sent, refused_by_budget). */
+  readonly upstreamRetries: Counter<'upstream' | 'result'>;
   /** Admin-plane requests refused: host (a foreign Host: DNS rebinding), origin (a web page elsewhere), token, bad_host. */
   readonly adminRefusals: Counter<'reason'>;
 }
@@ -112,6 +122,35 @@ export function createMetrics(): GatewayMetrics {
     decisionLinesSuppressed: new Counter({
       name: 'ztgw_decision_lines_suppressed_total',
       help: 'Decision lines not written because their principal was over its line budget (policies.decisionLog.perPrincipalPerSecond); the next line written for that principal carries "suppressed".',
+      registers,
+    }),
+    rateLimitChecks: new LeanCounter({
+      name: 'ztgw_rate_limit_checks_total',
+      help: 'Rate-limit tier checks, by tier and result: allowed, limited (429), degraded_allow / degraded_deny (the store failed and onStoreFailure decided), local (the store failed, an in-process limit decided).',
+      labelNames: ['tier', 'result'],
+      registers,
+    }),
+    rateLimitStoreUp: new Gauge({
+      name: 'ztgw_rate_limit_store_up',
+      help: '1 while the rate-limit store (Redis) answers within limits.timeoutMs, 0 while it fails (each tier\'s onStoreFailure applies); always 1 for the memory store.',
+      registers,
+    }),
+    breakerState: new Gauge({
+      name: 'ztgw_upstream_breaker_state',
+      help: 'Circuit breaker state per upstream endpoint: 0 closed (traffic flows), 1 half-open (one probe in flight), 2 open (refused at once, the endpoint is not contacted).',
+      labelNames: ['upstream', 'endpoint'],
+      registers,
+    }),
+    upstreamRefusals: new Counter({
+      name: 'ztgw_upstream_refusals_total',
+      help: 'Requests answered without contacting the upstream, by reason: upstream_busy (bulkhead full, 503), principal_busy (fair share, 429), unavailable (every endpoint\'s breaker open, 503).',
+      labelNames: ['upstream', 'reason'],
+      registers,
+    }),
+    upstreamRetries: new Counter({
+      name: 'ztgw_upstream_retries_total',
+      help: 'Upstream retries of idempotent requests, by result: sent, or refused_by_budget (the retry budget kept them from multiplying load).',
+      labelNames: ['upstream', 'result'],
       registers,
     }),
     adminRefusals: new Counter({

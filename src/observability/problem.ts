@@ -34,6 +34,11 @@ import {
   AdminTokenRequiredError,
   ForeignOriginError,
   ProfileBusyError,
+  RateLimitedError,
+  RateLimitUnavailableError,
+  PrincipalBusyError,
+  UpstreamBusyError,
+  UpstreamUnavailableError,
 } from '../core/errors.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
@@ -191,6 +196,34 @@ export const PROBLEMS: Readonly<Record<string, ProblemSpec>> = {
     slug: 'upstream-error',
     title: 'Upstream error',
     detail: 'The service behind this route failed to process the request. Quote the request id when reporting it.',
+  },
+  [RateLimitedError.code]: {
+    slug: 'rate-limited',
+    title: 'Too many requests',
+    detail: 'This request is over a rate limit. Retry after the time the Retry-After header gives; the RateLimit header shows the quota.',
+  },
+  [RateLimitUnavailableError.code]: {
+    slug: 'rate-limit-unavailable',
+    title: 'Service unavailable',
+    detail: 'The rate limiter could not be consulted, and this limit refuses requests then. Retry shortly.',
+    headers: { 'retry-after': '1' },
+  },
+  [PrincipalBusyError.code]: {
+    slug: 'too-many-in-flight',
+    title: 'Too many requests in progress',
+    detail: 'You already have the most requests in progress this service allows one client. Finish or cancel some, then retry.',
+    headers: { 'retry-after': '1' },
+  },
+  [UpstreamBusyError.code]: {
+    slug: 'upstream-busy',
+    title: 'Service busy',
+    detail: 'The service behind this gateway has as many requests in progress as it takes. Retry shortly.',
+    headers: { 'retry-after': '1' },
+  },
+  [UpstreamUnavailableError.code]: {
+    slug: 'upstream-unavailable',
+    title: 'Service unavailable',
+    detail: 'The service behind this gateway is failing and is being given time to recover. Retry after the time the Retry-After header gives.',
   },
   [AdminTokenRequiredError.code]: {
     slug: 'admin-token-required',
