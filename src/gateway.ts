@@ -125,6 +125,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     await admin.listen({ host: server.admin.host, port: server.admin.port });
   } catch (err) {
     await data.close();
+    holder.current.upstreamGuard.shutdown();
     await services.close();
     throw err;
   }
@@ -151,12 +152,19 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       // A policy edit is compiled against the running config, not whatever the file holds now,
       // and changes only the policy set and the stage that reads it.
       const runtime = kind === 'config' ? await compile(loadSource(opts.source), running) : await compilePolicyEdit(running, depsFor(initial.dir));
-      if (draining) return undefined;
+      if (draining) {
+        // Not swapped in: its breakers (adopted from the running guard) stop with it.
+        if (runtime.upstreamGuard !== running.upstreamGuard) runtime.upstreamGuard.shutdown();
+        return undefined;
+      }
       // Certificates rotate with the Runtime: new TLS connections get the new pair.
       if (runtime.tls !== undefined && runtime.tls !== running.tls && 'setSecureContext' in data.server) {
         (data.server as HttpsServer).setSecureContext({ ...runtime.tls, minVersion: 'TLSv1.2' });
       }
       holder.current = runtime;
+      // The replaced guard's breakers stop (those the new one adopted live on); requests still
+      // running on the old Runtime finish with it, unrefused.
+      if (runtime.upstreamGuard !== running.upstreamGuard) running.upstreamGuard.shutdown();
       failures.policies = undefined;
       if (kind === 'config') failures.config = undefined;
       followPolicyDir();
@@ -232,6 +240,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
         await new Promise((resolve) => setTimeout(resolve, 0));
       }
       await admin.close();
+      holder.current.upstreamGuard.shutdown();
       await services.close();
       logger.info({ outcome }, 'gateway stopped');
       await loggers.flush(); // every line written before close() resolves, whatever exits next

@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import type { RuntimeHolder } from '../config/compile.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import type { Services } from '../config/services.ts';
-import { checkReadiness } from './readiness.ts';
+import { checkRateLimitStore, checkReadiness, type CheckResult } from './readiness.ts';
 import { acquireProfiler, cpuProfile, MAX_PROFILE_SECONDS, parseProfileSeconds, writeHeapSnapshotFile } from './profile.ts';
 import { toProblem } from '../observability/problem.ts';
 import { createClientErrorHandler } from '../observability/client-error.ts';
@@ -30,7 +30,7 @@ import {
 
 export interface AdminPlaneOptions {
   readonly holder: RuntimeHolder;
-  readonly services: Pick<Services, 'redis'>;
+  readonly services: Pick<Services, 'redis' | 'rateLimits'>;
   readonly logger: Logger;
   readonly metrics: GatewayMetrics;
   readonly isDraining: () => boolean;
@@ -135,6 +135,7 @@ export function buildAdminPlane(opts: AdminPlaneOptions): FastifyInstance {
   app.get('/readyz', async (_request, reply) => {
     const lastReloadError = opts.lastReloadError?.();
     const readiness = await checkReadiness(opts.holder.current, opts.isDraining(), opts.services.redis, lastReloadError);
+    (readiness.checks as CheckResult[]).push(checkRateLimitStore(opts.services.rateLimits));
     const restartRequired = opts.restartRequired?.() ?? [];
     return reply.code(readiness.ready ? 200 : 503).send({
       status: readiness.ready ? 'ready' : 'not ready',

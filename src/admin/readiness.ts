@@ -7,6 +7,8 @@ export interface CheckResult {
   readonly name: string;
   readonly ok: boolean;
   readonly detail?: string;
+  /** Working, but not as configured (a fallback is answering): shown, not a reason to take the instance out. */
+  readonly degraded?: boolean;
 }
 
 export interface Readiness {
@@ -40,6 +42,32 @@ async function checkRedis(redis: Redis): Promise<CheckResult> {
 }
 
 /**
+ * The rate-limit store. A failing one leaves the instance ready: each tier's onStoreFailure
+ * answers for it, and a Redis outage must not take every instance out of the load balancer
+ * at once; the check shows it as degraded instead.
+ */
+export function checkRateLimitStore(limits: { readonly kind: string; state(): 'ok' | 'failing' }): CheckResult {
+  if (limits.state() === 'ok') return { name: 'rate-limit-store', ok: true, detail: limits.kind };
+  return { name: 'rate-limit-store', ok: true, degraded: true, detail: `${limits.kind} failing: each tier applies its onStoreFailure (allow, deny or local)` };
+}
+
+/**
+ * Each endpoint's circuit breaker, as a check that never fails: an open breaker is an
+ * upstream's trouble, not this instance's. Every instance sees the same dead upstream, so
+ * taking them out of the load balancer for it would turn one upstream's outage into the
+ * whole gateway's (every other route too), while this instance is doing exactly its job:
+ * answering 503 at once, or failing over. Shown with its state so an operator sees it here.
+ */
+function checkBreakers(runtime: Runtime): CheckResult[] {
+  return runtime.upstreamGuard.states().map((s) => ({
+    name: `breaker:${s.id}`,
+    ok: true,
+    detail: s.enabled ? s.state : 'disabled',
+    ...(s.state === 'closed' ? {} : { degraded: true }),
+  }));
+}
+
+/**
  * Serving the last good set is ready; a failed reload is shown, not fatal. The set is part
  * of the Runtime, so a reload refused for a config reason kept it too.
  */
@@ -56,5 +84,6 @@ export async function checkReadiness(runtime: Runtime | undefined, draining: boo
   if (runtime !== undefined) checks.push(...(await checkIssuerKeys(runtime)));
   if (redis !== undefined) checks.push(await checkRedis(redis));
   if (runtime?.policies !== undefined) checks.push(checkPolicies(runtime.policies, lastReloadError));
+  if (runtime !== undefined) checks.push(...checkBreakers(runtime));
   return { ready: checks.every((c) => c.ok), checks };
 }

@@ -59,13 +59,15 @@ const VALIDATE_USAGE = `usage: ztgw validate --config FILE
   Exit 0 when valid; 2 with file:line:col: field: message lines when not.
 `;
 
-const DEMO_USAGE = `usage: ztgw demo
+const DEMO_USAGE = `usage: ztgw demo [--redis]
 
   Run the demo (deploy/demo.yaml): the echo upstream, the dev issuer and the gateway.
   Ports: ZTGW_PORT (gateway, 8080), ZTGW_ADMIN_PORT (admin plane, 9090), ZTGW_ECHO_PORT
   (echo upstream, 8081). ZTGW_ADMIN_TOKEN chooses the admin token (default: a new one per start).
   Its state (dev issuer key, device registry devices.yaml) is in .ztgw/, or ZTGW_DEMO_DIR
   (an absolute path). Manage the registry with ztgw device … --config deploy/demo.yaml.
+  --redis   keep rate-limit counters (route /limited/) in Redis: ZTGW_REDIS_URL, default
+            redis://127.0.0.1:6379; without it they are in memory.
 `;
 
 const TOKEN_USAGE = `usage: ztgw token --sub NAME [--groups a,b] [--aud AUD] [--ttl SECONDS]
@@ -244,7 +246,8 @@ async function configPortOwners(file: string): Promise<PortOwner[]> {
 }
 
 async function demo(args: string[]): Promise<void> {
-  parseArgs({ args, strict: true, allowPositionals: false, options: {} }); // it takes none: a typo is an error, not ignored
+  // A typo is an error, not ignored.
+  const { values } = parseArgs({ args, strict: true, allowPositionals: false, options: { redis: { type: 'boolean', default: false } } });
   await loadOrCreateDevIssuer(DEV_ISSUER_DIR);
   const echoPort = Number(process.env.ZTGW_ECHO_PORT ?? '8081');
   // The defaults are deploy/demo.yaml's; each variable moves its listener.
@@ -259,13 +262,14 @@ async function demo(args: string[]): Promise<void> {
   // or a fresh one per start, printed below (deploy/demo.yaml reads it through tokenEnv).
   const givenToken = process.env.ZTGW_ADMIN_TOKEN;
   const adminToken = givenToken ?? randomBytes(32).toString('base64url');
-  const env = { ...process.env, ZTGW_ECHO_PORT: String(echo.port), ZTGW_ADMIN_TOKEN: adminToken };
+  const env = { ...process.env, ZTGW_ECHO_PORT: String(echo.port), ZTGW_ADMIN_TOKEN: adminToken, ...(values.redis && { ZTGW_LIMITS_STORE: 'redis' }) };
   const gateway = await startGateway({ source: { file: DEMO_CONFIG, env } });
   const shownToken = givenToken === undefined ? adminToken : '$ZTGW_ADMIN_TOKEN';
   process.stderr.write(
     `\nzt-gateway demo\n  gateway  ${gateway.url}   (route /echo/ → echo upstream ${echo.url})\n  admin    ${gateway.adminUrl}   (/healthz /readyz /metrics)\n\n` +
       `  curl -H "Authorization: Bearer $(npm run -s token -- --sub alice --groups eng)" ${gateway.url}/echo/hi\n` +
-      `  /code/ and /payroll/ need an enrolled device: README, "Device trust, step by step"\n\n` +
+      `  /code/ and /payroll/ need an enrolled device: README, "Device trust, step by step"\n` +
+      `  /limited/ allows 5 requests per 10 s per subject (${values.redis ? 'counted in Redis' : 'in memory; --redis counts them in Redis'}): the 6th gets 429\n\n` +
       `  admin token  ${givenToken === undefined ? `${adminToken}   (new each start; set ZTGW_ADMIN_TOKEN to choose one)` : '(from ZTGW_ADMIN_TOKEN)'}\n` +
       `  curl -o ztgw.cpuprofile -H "Authorization: Bearer ${shownToken}" "${gateway.adminUrl}/debug/profile/cpu?seconds=5"\n\n`,
   );

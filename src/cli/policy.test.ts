@@ -116,22 +116,22 @@ describe('ztgw policy validate', () => {
     expect(warnings).toContain(
       `warning: ${EXAMPLES}/code-read.yaml:${at(codeRead, 'code]')}: appliesTo.routes[0]: route "code" was not checked against the gateway config (pass --config FILE to check it)`,
     );
-    // code-read, code-read-encrypted, demo-echo, payroll, and unmanaged-writes' two routes.
-    expect(warnings).toHaveLength(6);
-    for (const w of warnings) expect(w).toMatch(/^warning: \S+\.yaml:\d+:\d+: appliesTo\.routes\[\d\]: route "(code|payroll|echo)" was not checked/);
+    // code-read, code-read-encrypted, demo-echo's two routes, payroll, and unmanaged-writes' two routes.
+    expect(warnings).toHaveLength(7);
+    for (const w of warnings) expect(w).toMatch(/^warning: \S+\.yaml:\d+:\d+: appliesTo\.routes\[\d\]: route "(code|payroll|echo|limited)" was not checked/);
   });
 
   it('with --config: route names are checked, no warnings; a route the config lacks is an error', async () => {
-    const config = fixture({ 'gw.yaml': gatewayConfig(['code', 'payroll', 'echo']) });
+    const config = fixture({ 'gw.yaml': gatewayConfig(['code', 'payroll', 'echo', 'limited']) });
     expect(await run('validate', EXAMPLES, '--config', join(config, 'gw.yaml'))).toMatchObject({ code: 0, err: '' });
 
-    const partial = fixture({ 'gw.yaml': gatewayConfig(['code', 'echo']) });
+    const partial = fixture({ 'gw.yaml': gatewayConfig(['code', 'echo', 'limited']) });
     const r = await run('validate', '--config', join(partial, 'gw.yaml'), EXAMPLES);
     expect(r.code).toBe(2);
     expect(r.out).toBe('');
     const payroll = readFileSync(join(EXAMPLES, 'payroll.yaml'), 'utf8');
     expect(r.err.trimEnd().split('\n')).toEqual([
-      `${EXAMPLES}/payroll.yaml:${at(payroll, 'payroll]')}: appliesTo.routes[0]: unknown route "payroll" (routes: code, echo)`,
+      `${EXAMPLES}/payroll.yaml:${at(payroll, 'payroll]')}: appliesTo.routes[0]: unknown route "payroll" (routes: code, echo, limited)`,
       expect.stringMatching(new RegExp(`^${EXAMPLES}/unmanaged-writes\\.yaml:\\d+:\\d+: appliesTo\\.routes\\[1\\]: unknown route "payroll"`)),
     ]);
   });

@@ -22,7 +22,11 @@ import { createDpopVerifier, DPOP_FAILURE_LABELS, type DpopFailureLabel, type Dp
 import { compileForwardingPolicy, type ForwardingPolicy } from '../pipeline/upstream-headers.ts';
 import { compileDenyList, type HeaderDenyList } from '../upstream/header-deny-list.ts';
 import { compileResponsePolicy } from '../pipeline/response-headers.ts';
+import { createUpstreamGuard, type UpstreamGuard } from '../pipeline/upstream-guard.ts';
+import type { UpstreamBase } from '../upstream/location.ts';
 import type { Services } from './services.ts';
+import { compileTiers, type CompiledTier } from '../limits/tiers.ts';
+import { createLimitStage } from '../pipeline/limit.ts';
 import { compileUpstreams, routeUpstreamName, type CompiledEndpoint, type CompiledUpstream } from './upstreams.ts';
 import type { Logger } from 'pino';
 import type { GatewayMetrics } from '../observability/metrics.ts';
@@ -47,6 +51,13 @@ export interface Runtime {
   readonly assertions: AssertionSigner;
   /** The policy set compiled against this config, when it has a policies section. */
   readonly policies: RuntimePolicies | undefined;
+  /** Every upstream a request can reach (named ones, and one per URL route), defaults applied. */
+  readonly upstreams: ReadonlyMap<string, CompiledUpstream>;
+  /**
+   * Breakers, endpoint picker, bulkheads and retry budgets of those upstreams, built with the
+   * previous Runtime's guard (state survives a reload); gateway.ts shuts the replaced one down.
+   */
+  readonly upstreamGuard: UpstreamGuard;
   /** The data plane's certificate material as read for this Runtime (rotation: re-read on reload). */
   readonly tls: TlsMaterial | undefined;
   /** What the next compile may reuse, each under the key of what it was built from. */
@@ -103,14 +114,14 @@ export interface CompileDeps {
   /** Directory relative paths in the config resolve against. */
   readonly configDir: string;
   /** Process-lifetime resources (Redis, registry, replay cache) the stages use. */
-  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey'>;
+  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'rateLimits'>;
   /** The Runtime being replaced: its parts whose config did not change are reused. */
   readonly previous?: Runtime;
   /** Where decision lines go (unredacted: their fields are chosen, credentials excluded). */
   readonly decisionLog: Logger;
   /** The gateway's log (security events such as DPoP refusals). */
   readonly logger: Logger;
-  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors' | 'decisionLinesSuppressed' | 'dpopFailures'>;
+  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors' | 'decisionLinesSuppressed' | 'dpopFailures' | 'rateLimitChecks' | 'breakerState' | 'upstreamRefusals' | 'upstreamRetries'>;
   readonly now?: () => number;
 }
 
@@ -119,7 +130,15 @@ function preferredEndpoint(upstream: CompiledUpstream): CompiledEndpoint {
   return upstream.endpoints.reduce((best, e) => (e.priority < best.priority ? e : best));
 }
 
-function compileRoute(route: RouteConfig, config: Config, upstreams: ReadonlyMap<string, CompiledUpstream>, sharedDenyList: HeaderDenyList, logger: Logger): CompiledRoute {
+function compileRoute(
+  route: RouteConfig,
+  config: Config,
+  upstreams: ReadonlyMap<string, CompiledUpstream>,
+  endpointBases: ReadonlyMap<string, readonly UpstreamBase[]>,
+  tiers: ReadonlyMap<string, CompiledTier>,
+  sharedDenyList: HeaderDenyList,
+  logger: Logger,
+): CompiledRoute {
   const upstreamName = routeUpstreamName(route);
   const preferred = preferredEndpoint(upstreams.get(upstreamName)!);
   const pathPrefix = canonicalPrefix(route.pathPrefix);
@@ -128,6 +147,8 @@ function compileRoute(route: RouteConfig, config: Config, upstreams: ReadonlyMap
     hosts: route.hosts === undefined || route.hosts.includes('*') ? undefined : Object.freeze(route.hosts.map((h) => h.toLowerCase())),
     pathPrefix,
     upstream: upstreamName,
+    limits: Object.freeze(route.limits.map((name) => tiers.get(name)!)),
+    rateLimiting: route.rateLimiting,
     upstreamOrigin: preferred.origin,
     upstreamBasePath: preferred.basePath,
     stripPrefix: route.stripPrefix,
@@ -135,6 +156,7 @@ function compileRoute(route: RouteConfig, config: Config, upstreams: ReadonlyMap
     public: route.public,
     issuers: Object.freeze(route.issuers ?? config.identity.issuers.map((i) => i.name)),
     timeoutMs: route.timeoutMs ?? config.server.timeouts.upstreamMs,
+    circuitBreaker: route.circuitBreaker,
     websocket: route.websocket,
     deviceBinding: route.device.binding,
     requireEnrolledDevice: route.device.requireEnrolled,
@@ -149,6 +171,7 @@ function compileRoute(route: RouteConfig, config: Config, upstreams: ReadonlyMap
       // As pipeline/route.ts upstreamPathFor builds upstream paths: "/" has nothing to strip.
       mapping: { prefix: pathPrefix, strips: route.stripPrefix && pathPrefix !== '/' },
       upstream: { origin: preferred.origin, basePath: preferred.basePath },
+      endpoints: { routeUpstream: upstreamName, of: endpointBases },
       response: route.response,
       bannerHeaders: config.server.bannerHeaders,
       onMalformedCookie: (ctx, reason) => logger.debug({ reqId: ctx.id, route: route.name, reason }, 'malformed set-cookie dropped'),
@@ -176,7 +199,7 @@ function deepFreeze<T>(value: T): T {
  */
 export function knownPolicyNames(config: Config): KnownNames {
   return {
-    tiers: new Set<string>(), // rate-limit tiers arrive with their issue; until then none exist
+    tiers: new Set(Object.keys(config.limits.tiers)),
     upstreams: new Set(Object.keys(config.upstreams)),
     routes: new Set(config.routes.map((r) => r.name)),
   };
@@ -246,7 +269,10 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
   const tokenCache = reuse(sameIssuers ? previous?.tokenCache : undefined, stableJson(frozen.identity.tokenCache), () => createTokenCache(frozen.identity.tokenCache));
   const sharedDenyList = compileDenyList({ extra: denyExtra(frozen) });
   const upstreams = compileUpstreams(frozen);
-  const routes = frozen.routes.map((r) => compileRoute(r, frozen, upstreams, sharedDenyList, deps.logger));
+  const tiers = compileTiers(frozen.limits);
+  // Every endpoint of every upstream, for Location rewriting (whichever endpoint answered).
+  const endpointBases = new Map([...upstreams.values()].map((u) => [u.name, u.endpoints.map((e) => ({ origin: e.origin, basePath: e.basePath }))]));
+  const routes = frozen.routes.map((r) => compileRoute(r, frozen, upstreams, endpointBases, tiers, sharedDenyList, deps.logger));
   const trust = proxyaddr.compile([...frozen.server.trustedProxies]);
   const dpop = frozen.identity.dpop;
   const signingKeys = await loadSigningKeys(frozen.assertion, deps.configDir, deps.services.ephemeralKey);
@@ -300,8 +326,16 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       now,
     }),
     authz: policies === undefined ? undefined : createPolicyStage(frozen, policies.evaluator, decisionLines!.value, deps),
+    limit: createLimitStage({
+      store: deps.services.rateLimits.store,
+      tiers,
+      onOutcome: (tier, result) => deps.metrics.rateLimitChecks.inc(tier, result),
+    }),
     assertion: createAssertionStage(assertions.value, now),
   };
+  // Last, after everything that can refuse the compile: the guard adopts the running one's
+  // breakers, and a refused compile must leave them with the running Runtime.
+  const upstreamGuard = createUpstreamGuard(upstreams, { metrics: deps.metrics, logger: deps.logger, now }, deps.previous?.upstreamGuard);
   return Object.freeze({
     config: frozen,
     version,
@@ -313,6 +347,8 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     assertions: assertions.value,
     policies,
     tls,
+    upstreams,
+    upstreamGuard,
     parts: Object.freeze({ issuers: issuerParts, tokenCache, dpop: dpopVerifier, assertions, pipeline: Object.freeze(pipeline), decisionLines }),
   });
 }
@@ -330,12 +366,7 @@ function decisionLinesFor(config: Config, previous: Keyed<DecisionLines> | undef
 function createPolicyStage(config: Config, evaluator: Evaluator, lines: DecisionLines, deps: CompileDeps): Stage {
   return createAuthzStage({
     policies: { current: evaluator },
-    upstreams: Object.fromEntries(
-      Object.keys(config.upstreams).map((name) => {
-        const e = preferredEndpoint(compileUpstreams({ upstreams: { [name]: config.upstreams[name]! }, routes: [] }).get(name)!);
-        return [name, e.origin + e.basePath];
-      }),
-    ),
+    upstreams: new Set(Object.keys(config.upstreams)),
     decisionLog: deps.decisionLog,
     allowSampleRate: config.policies?.decisionLog.allowSampleRate ?? 0,
     recordLimits: lines.recordLimits,

@@ -28,6 +28,10 @@ const RESTART_ONLY: readonly { readonly path: string; readonly of: (c: Config) =
   { path: 'server.tls', of: (c) => c.server.tls !== undefined },
   { path: 'server.tls.clientCaFile', of: (c) => c.server.tls?.clientCaFile !== undefined },
   { path: 'redis', of: (c) => c.redis },
+  // The rate-limit store and its connection live as long as the process (config/services.ts);
+  // tiers and which routes apply them reload.
+  { path: 'limits.store', of: (c) => [c.limits.store, c.limits.redis, c.limits.maxLocalKeys] },
+  { path: 'limits.timeoutMs', of: (c) => [c.limits.timeoutMs, c.limits.expectedInstances] },
   { path: 'devices.registry', of: (c) => c.devices.registry },
   { path: 'devices.fingerprint', of: (c) => c.devices.fingerprint },
   { path: 'identity.dpop.replayCacheMaxEntries', of: (c) => [c.identity.dpop.replayCacheMaxEntries, c.identity.dpop.replayCacheKeyShare] },

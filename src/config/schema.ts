@@ -110,6 +110,14 @@ const Server = Type.Object(
         headersMs: Milliseconds(10_000, 'Time for a client to send its request head (slowloris guard).'),
         keepAliveMs: Milliseconds(5_000, 'Idle keep-alive time for client connections.'),
         upstreamMs: Milliseconds(30_000, 'Default time to wait for an upstream, per route overridable.'),
+        sendIdleMs: Milliseconds(
+          30_000,
+          'A response whose client has not drained its connection for this long (it stopped reading) is ended, its upstream request aborted and its bulkhead and fair-share slots returned (access line: 408 ERR_REQUEST_TIMEOUT). A slow reader that makes progress is never cut.',
+        ),
+        bodyIdleMs: Milliseconds(
+          10_000,
+          'A request body from which no byte arrives for this long (a stalled upload) is refused with 408 ERR_REQUEST_TIMEOUT and its upstream request aborted, returning its upstream slots.',
+        ),
         shutdownMs: Milliseconds(10_000, 'On SIGTERM, how long in-flight requests may take before the process exits.'),
       },
       { ...Strict, default: {} },

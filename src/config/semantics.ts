@@ -68,6 +68,17 @@ function limitReferences(config: Config): SemanticIssue[] {
         : [{ path: ['routes', i, 'limits', j], message: `unknown rate-limit tier "${tier}" (${tiers.length === 0 ? 'limits.tiers defines none' : `defined: ${tiers.join(', ')}`})` }],
     ),
   );
+  // A public route has no subject, device or claims: a tier keyed by one would be one bucket
+  // shared by every client there, so one client could spend everyone's quota.
+  config.routes.forEach((route, i) => {
+    if (!route.public) return;
+    route.limits.forEach((name, j) => {
+      const identityKeyed = config.limits.tiers[name]?.key.filter((d) => d === 'subject' || d === 'device' || d.startsWith('claim:')) ?? [];
+      if (identityKeyed.length > 0) {
+        issues.push({ path: ['routes', i, 'limits', j], message: `tier "${name}" is keyed by ${identityKeyed.join(', ')}, which a public route does not have; key it by ip (or route)` });
+      }
+    });
+  });
   const redis = config.limits.redis;
   if (redis !== undefined && (redis.url === undefined) === (redis.cluster === undefined)) {
     issues.push({ path: ['limits', 'redis'], message: 'set exactly one of url and cluster' });

@@ -1,10 +1,11 @@
 // Long-lived resources a gateway process owns across config reloads: the Redis connection,
-// the device registry, the DPoP replay cache, the per-process assertion key. A reload builds
+// the device registry, the DPoP replay cache, the rate-limit store and its counters, the
+// per-process assertion key. A reload builds
 // a new Runtime over the same services; changing them (e.g. redis.url) needs a restart
 // (config/reload.ts restartRequired). The policy set is not one of them: it is part of the
 // Runtime, compiled and swapped with the config it refers to.
 import { resolve } from 'node:path';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Config } from './schema.ts';
 import { generateSigningKey, type SigningKey } from '../identity/assertion.ts';
@@ -14,15 +15,111 @@ import { createRedisRegistry } from '../identity/devices/redis-store.ts';
 import { createMemoryReplayCache, createRedisReplayCache, type ReplayCache } from '../identity/replay-cache.ts';
 import { createFingerprintTracker, type FingerprintTracker } from '../identity/fingerprint.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
+import { createMemoryStore } from '../limits/memory-store.ts';
+import { createRedisStore, rateLimitRedisOptions } from '../limits/redis-store.ts';
+import { createResilientStore, type StoreState } from '../limits/resilient.ts';
+import type { RateLimitStore } from '../limits/store.ts';
 
 export interface Services {
   readonly redis: Redis | undefined;
   readonly registry: DeviceRegistry;
   readonly replayCache: ReplayCache;
   readonly fingerprints: FingerprintTracker | undefined;
+  /** Rate-limit counters: in memory, or Redis (Cluster) behind a deadline and the tiers' failure modes. */
+  readonly rateLimits: RateLimitService;
   /** Signs assertions when no keys are configured (single instance, demo). */
   readonly ephemeralKey: SigningKey;
   close(): Promise<void>;
+}
+
+export interface RateLimitService {
+  readonly store: RateLimitStore;
+  readonly kind: 'memory' | 'redis' | 'redis-cluster';
+  /** 'failing' while the shared store does not answer (always 'ok' in memory). */
+  state(): StoreState;
+  close(): Promise<void>;
+}
+
+/** Where limit counters live: limits.store, else Redis when one is configured, else memory. */
+export function rateLimitStoreKind(config: Config): 'memory' | 'redis' {
+  return config.limits.store ?? (config.limits.redis !== undefined || config.redis !== undefined ? 'redis' : 'memory');
+}
+
+const STORE_READY_WAIT_MS = 3000;
+
+/** True once the client is ready, false after `ms` (ioredis keeps reconnecting by itself). */
+function readyWithin(client: Redis | Cluster, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => done(false), ms);
+    const onReady = (): void => done(true);
+    function done(ready: boolean): void {
+      clearTimeout(timer);
+      client.off('ready', onReady);
+      resolve(ready);
+    }
+    client.on('ready', onReady);
+  });
+}
+
+/**
+ * The rate-limit store. Its Redis connection is its own, not the registry's: it must never
+ * queue a command (rateLimitRedisOptions), while the registry's may wait its commandTimeout.
+ */
+async function createRateLimits(config: Config, logger: Logger, metrics: GatewayMetrics): Promise<RateLimitService> {
+  const limits = config.limits;
+  if (rateLimitStoreKind(config) === 'memory') {
+    metrics.rateLimitStoreUp.set(1);
+    const store = createMemoryStore({ maxEntries: limits.maxLocalKeys });
+    return { store, kind: 'memory', state: () => 'ok', close: () => store.close() };
+  }
+  const seeds = limits.redis?.cluster;
+  let client: Redis | Cluster;
+  if (seeds !== undefined) {
+    // Cluster takes neither retryStrategy nor enableOfflineQueue per node (it has its own).
+    const { retryStrategy: _retry, enableOfflineQueue: _queue, ...redisOptions } = rateLimitRedisOptions;
+    client = new Cluster(
+      seeds.map((url) => {
+        const u = new URL(url);
+        return { host: u.hostname, port: Number(u.port || 6379) };
+      }),
+      { enableAutoPipelining: true, enableOfflineQueue: false, redisOptions, clusterRetryStrategy: (times) => Math.min(100 * times, 2000) },
+    );
+  } else {
+    client = new Redis(limits.redis?.url ?? config.redis!.url, rateLimitRedisOptions);
+  }
+  // Without a listener ioredis prints every connection error to stderr; the store's own
+  // state change is the log line (once per change), this the per-error count.
+  client.on('error', () => metrics.dependencyErrors.inc({ dependency: 'rate-limit-store' }));
+  metrics.rateLimitStoreUp.set(1);
+  // Commands are never queued (rateLimitRedisOptions), so until the client is ready every
+  // check would take its failure mode: give it a moment at start (a Cluster first learns its
+  // slots), then go on either way.
+  if (client.status !== 'ready' && !(await readyWithin(client, STORE_READY_WAIT_MS))) {
+    logger.warn({ waitedMs: STORE_READY_WAIT_MS }, 'rate-limit store not reachable at start: each tier applies its onStoreFailure until it is');
+  }
+  const store = createResilientStore({
+    primary: createRedisStore({ redis: client }),
+    timeoutMs: limits.timeoutMs,
+    expectedInstances: limits.expectedInstances,
+    localMaxEntries: limits.maxLocalKeys,
+    onStateChange: (state, err) => {
+      metrics.rateLimitStoreUp.set(state === 'ok' ? 1 : 0);
+      if (state === 'failing') {
+        logger.error({ err: err?.message, reason: err?.reason }, 'rate-limit store failing: each tier applies its onStoreFailure (allow, deny or local)');
+      } else {
+        logger.info('rate-limit store answering again: limits shared across instances');
+      }
+    },
+  });
+  return {
+    store,
+    kind: seeds === undefined ? 'redis' : 'redis-cluster',
+    state: () => store.state(),
+    async close() {
+      await store.close();
+      client.disconnect();
+    },
+  };
 }
 
 function connectRedis(config: NonNullable<Config['redis']>, logger: Logger, metrics: GatewayMetrics): Redis {
@@ -135,6 +232,7 @@ export async function createServices(config: Config, configDir: string, logger: 
     },
     onReload: () => logger.info('device file reloaded'),
   });
+  const rateLimits = await createRateLimits(config, logger, metrics);
   const replayLimits = replayCacheLimits(config.identity.dpop);
   const replayCache =
     redis === undefined
@@ -149,8 +247,10 @@ export async function createServices(config: Config, configDir: string, logger: 
     registry,
     replayCache,
     fingerprints: config.devices.fingerprint ? createFingerprintTracker({ maxDevices: 100_000 }) : undefined,
+    rateLimits,
     ephemeralKey: await generateSigningKey(),
     async close() {
+      await rateLimits.close();
       await registry.close();
       await replayCache.close?.();
       redis?.disconnect();

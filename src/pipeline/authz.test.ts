@@ -32,7 +32,7 @@ function source(): { current: Evaluator } {
 function stage(random: number) {
   const lines: Record<string, any>[] = [];
   const sink = new Writable({ write: (c, _e, done) => (lines.push(JSON.parse(String(c))), done()) });
-  const authz = createAuthzStage({ policies: source(), upstreams: {}, decisionLog: pino(sink), allowSampleRate: 0.1, random: () => random });
+  const authz = createAuthzStage({ policies: source(), upstreams: new Set(), decisionLog: pino(sink), allowSampleRate: 0.1, random: () => random });
   return { authz, lines };
 }
 

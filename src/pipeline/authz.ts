@@ -10,13 +10,12 @@ import type { LineBudget } from '../observability/line-budget.ts';
 import type { StepUpRequirement } from '../policy/schema.ts';
 import type { RequestContext, Stage } from './context.ts';
 import { AccessDeniedError, StepUpRequiredError } from '../core/errors.ts';
-import { upstreamPathFor } from './route.ts';
 
 export interface AuthzDeps {
   /** The set's evaluator; read once per decision (the Runtime holds a fixed one). */
   readonly policies: { readonly current: Evaluator };
-  /** Named upstreams an obligation may send a request to: name → base URL. */
-  readonly upstreams: Readonly<Record<string, string>>;
+  /** Named upstreams an obligation may send a request to (the proxy picks one of its endpoints). */
+  readonly upstreams: ReadonlySet<string>;
   readonly decisionLog: Logger;
   readonly allowSampleRate: number;
   /** What a decision line may carry (headers allow-list, bounded values). */
@@ -48,7 +47,6 @@ export function stepUpChallenge(stepUp: StepUpRequirement | undefined): string {
 export function createAuthzStage(deps: AuthzDeps): Stage {
   const now = deps.now ?? Date.now;
   const random = deps.random ?? Math.random;
-  const upstreams = new Map(Object.entries(deps.upstreams).map(([name, url]) => [name, new URL(url)]));
 
   function log(ctx: RequestContext, decision: Decision, input: ReturnType<typeof toPolicyInput>, hash: string): void {
     // Allows are sampled; denies, step-ups and any decision where a condition failed at run
@@ -81,11 +79,8 @@ export function createAuthzStage(deps: AuthzDeps): Stage {
       throw new StepUpRequiredError('step-up required', { headers: { 'www-authenticate': stepUpChallenge(decision.stepUp) } });
     }
     const alternate = decision.obligations.upstream;
-    if (alternate !== undefined) {
-      // The loader only accepts names the config defines; a reload that dropped one is refused there.
-      const target = upstreams.get(alternate)!;
-      ctx.upstreamOrigin = target.origin;
-      ctx.upstreamPath = upstreamPathFor(ctx.route!, ctx.path, target.pathname.replace(/\/+$/, ''));
-    }
+    // The loader only accepts names the config defines; a reload that dropped one is refused
+    // there. Its endpoint (and so the upstream path) is chosen by the proxy, like the route's.
+    if (alternate !== undefined && deps.upstreams.has(alternate)) ctx.upstreamName = alternate;
   };
 }

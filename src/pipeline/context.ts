@@ -5,6 +5,8 @@ import type { DeviceContext, Identity } from '../core/domain.ts';
 import type { Decision } from '../policy/evaluate.ts';
 import type { HeaderDenyList } from '../upstream/header-deny-list.ts';
 import type { ResponsePolicy } from './response-headers.ts';
+import type { CompiledTier } from '../limits/tiers.ts';
+import type { RateLimitHeaders } from '../limits/headers.ts';
 
 export type { DeviceContext, Identity } from '../core/domain.ts';
 
@@ -28,6 +30,8 @@ export interface CompiledRoute {
   /** Issuer names accepted on this route. */
   readonly issuers: readonly string[];
   readonly timeoutMs: number;
+  /** routes[].circuitBreaker: false passes the upstream's breakers by (outcomes not counted). */
+  readonly circuitBreaker: boolean;
   readonly websocket: boolean;
   /** Device binding policy (see the route's `device` config). */
   readonly deviceBinding: 'required' | 'optional' | 'off';
@@ -37,6 +41,10 @@ export interface CompiledRoute {
   readonly denyList: HeaderDenyList;
   /** What the upstream's responses may carry to clients, and which cookies it gets (routes[].response). */
   readonly response: ResponsePolicy;
+  /** Rate-limit tiers every request of this route is checked against (routes[].limits). */
+  readonly limits: readonly CompiledTier[];
+  /** Off: neither the route's tiers nor a policy's rateLimitTier apply. */
+  readonly rateLimiting: boolean;
 }
 
 /**
@@ -113,8 +121,14 @@ export interface RequestContext {
   /** Header names the policy set may set as obligations: never taken from the client. */
   obligationHeaders?: ReadonlySet<string>;
 
+  // limit
+  /** The RateLimit fields of the tiers this request passed, for the response. */
+  rateLimit?: RateLimitHeaders;
+
   // upstream
-  /** Origin to forward to when a policy obligation names another upstream; else the route's. */
+  /** The upstream a policy obligation sends this request to, instead of the route's (a name in upstreams). */
+  upstreamName?: string;
+  /** Origin of the endpoint the request went to (pipeline/upstream-guard.ts chose it). */
   upstreamOrigin?: string;
   /** The signed identity assertion for the upstream (absent on public routes). */
   assertion?: string;

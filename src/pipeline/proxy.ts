@@ -1,14 +1,21 @@
-// Stage 8: forward to the route's upstream with @fastify/reply-from (undici pools per
-// origin, bodies streamed both ways). Upstream failures are translated, never leaked:
-// timeout → 504, anything else without a response → 502 (fastify-reply-from lib/errors.js);
-// and an upstream's own 5xx becomes the gateway's problem document unless the route passes
-// error bodies (many internal APIs print stack traces and internal host names there).
+// Stage 8: forward to an endpoint of the request's upstream with @fastify/reply-from (undici
+// pools per origin, bodies streamed both ways). The endpoint comes from the upstream guard
+// (pipeline/upstream-guard.ts: best priority, breaker admitted), and what the upstream did goes
+// back to it: a connection error or the route's timeout is a failure, a status is an answer
+// (5xx a failure), a request that ended for the client's reasons is neither. A failed attempt
+// of an idempotent request without a body may go once more, to another endpoint, within the
+// retry budget; then the client sees only the last outcome. Upstream failures are translated,
+// never leaked: timeout → 504, anything else without a response → 502 (fastify-reply-from
+// lib/errors.js); and an upstream's own 5xx becomes the gateway's problem document unless the
+// route passes error bodies (many internal APIs print stack traces and internal host names there).
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Agent, type Dispatcher } from 'undici';
 import type { RequestContext } from './context.ts';
-import { UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, type ZtError } from '../core/errors.ts';
+import { UpstreamErrorResponse, UpstreamTimeoutError, UpstreamUnreachableError, ZtError } from '../core/errors.ts';
+import type { AttemptFailure, GuardEndpoint, UpstreamCall } from './upstream-guard.ts';
+import { upstreamPathFor } from './route.ts';
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardingPolicy } from './upstream-headers.ts';
 import { errorResponseHeaders } from './response-headers.ts';
 
@@ -19,6 +26,8 @@ export interface ForwardHooks {
   onUpstreamError(ctx: RequestContext, error: ZtError, reply: FastifyReply): void;
   /** The upstream answered 5xx and the route replaces error bodies: answer with this problem instead. */
   onUpstreamErrorResponse(ctx: RequestContext, error: UpstreamErrorResponse, reply: FastifyReply): void;
+  /** An attempt failed and another goes to `next` (the client sees only the last outcome). */
+  onRetry(ctx: RequestContext, failed: GuardEndpoint, error: ZtError, next: GuardEndpoint): void;
 }
 
 /** What reply-from hands its onResponse option (lib/request.js: undici's status, headers and body). */
@@ -115,9 +124,33 @@ export function createUpstreamDispatcher(): UpstreamDispatcher {
   };
 }
 
-export function forward(reply: FastifyReply, ctx: RequestContext, policy: ForwardingPolicy, hooks: ForwardHooks): FastifyReply {
+/**
+ * What a failed attempt says about the upstream. The client's own doing (it left, its body
+ * broke, overran the limit or stalled: a ZtError of the data plane's in the cause chain) is
+ * no evidence; the route's timeout to the response head (reply-from's 504) is a timeout;
+ * anything else without a response (refused, reset, DNS) is a connection failure.
+ */
+export function failureOf(error: { statusCode?: number; cause?: unknown }, clientGone: boolean): AttemptFailure {
+  if (clientGone) return 'cancelled';
+  for (let e: unknown = error, depth = 0; e !== null && typeof e === 'object' && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof ZtError || (e as { code?: unknown }).code === 'UND_ERR_ABORTED') return 'cancelled';
+  }
+  return error.statusCode === 504 ? 'timeout' : 'connect';
+}
+
+/**
+ * Sends the request to the endpoint the call chooses. Throws UpstreamUnavailableError (every
+ * endpoint out; nothing was sent) for the caller to answer; later failures go to the hooks.
+ */
+export function forward(reply: FastifyReply, ctx: RequestContext, policy: ForwardingPolicy, hooks: ForwardHooks, call: UpstreamCall): FastifyReply {
+  return send(reply, ctx, policy, hooks, call, call.first());
+}
+
+function send(reply: FastifyReply, ctx: RequestContext, policy: ForwardingPolicy, hooks: ForwardHooks, call: UpstreamCall, endpoint: GuardEndpoint): FastifyReply {
   const route = ctx.route!;
-  return reply.from((ctx.upstreamOrigin ?? route.upstreamOrigin) + replyFromTarget(ctx.upstreamPath!), {
+  ctx.upstreamOrigin = endpoint.origin;
+  ctx.upstreamPath = upstreamPathFor(route, ctx.path, endpoint.basePath);
+  return reply.from(endpoint.origin + replyFromTarget(ctx.upstreamPath), {
     timeout: route.timeoutMs,
     // reply-from retries GETs on 503 and on some socket errors by default; a gateway must
     // not multiply traffic to a struggling service behind the client's back.
@@ -131,9 +164,30 @@ export function forward(reply: FastifyReply, ctx: RequestContext, policy: Forwar
       hooks.onUpstreamResponse(ctx, request as FastifyRequest);
       return NO_HEADERS;
     },
-    onResponse: (request, _reply, response) => respond(ctx, request.method, reply, response as unknown as UpstreamResponse, hooks),
-    onError: (errReply, { error }) =>
-      hooks.onUpstreamError(ctx, translateUpstreamError(error as { statusCode?: number }), errReply as FastifyReply),
+    onResponse: (request, _reply, response) => {
+      const upstream = response as unknown as UpstreamResponse;
+      call.responded(upstream.statusCode);
+      respond(ctx, request.method, reply, upstream, hooks);
+    },
+    onError: (errReply, { error }) => {
+      const failure = error as { statusCode?: number; cause?: unknown };
+      const translated = translateUpstreamError(failure);
+      const kind = failureOf(failure, reply.raw.destroyed);
+      call.failed(kind);
+      // Only before anything reached the client; retry() says whether the method, the
+      // attempts left, the budget and the endpoints allow another.
+      const next = kind === 'cancelled' || reply.sent || reply.raw.headersSent ? undefined : call.retry();
+      if (next !== undefined) {
+        hooks.onRetry(ctx, endpoint, translated, next);
+        try {
+          send(reply, ctx, policy, hooks, call, next);
+          return;
+        } catch {
+          call.failed('cancelled'); // reply-from refused the target: the original failure stands
+        }
+      }
+      hooks.onUpstreamError(ctx, translated, errReply as FastifyReply);
+    },
   });
 }
 

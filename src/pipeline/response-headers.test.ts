@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { HOST_WIDE_HEADER_GROUPS } from '../config/schema.ts';
-import { compileResponsePolicy, errorResponseHeaders, HOST_WIDE_HEADERS, type RouteResponseSettings } from './response-headers.ts';
+import { compileResponsePolicy, errorResponseHeaders, HOST_WIDE_HEADERS, type HeaderRewrite, type RouteResponseSettings } from './response-headers.ts';
+import type { RequestContext } from './context.ts';
 
 const settings = (over: Partial<RouteResponseSettings> = {}): RouteResponseSettings => ({
   banners: 'strip',
@@ -61,6 +62,39 @@ describe('compileResponsePolicy', () => {
     for (const name of ['Content-Length', 'transfer-encoding', 'Connection', 'x-request-id', 'Upgrade']) {
       expect(() => compile({ setHeaders: { [name]: '1' } }), name).toThrow(/cannot set/);
     }
+  });
+});
+
+describe('Location from an upstream with several endpoints', () => {
+  const local = { origin: 'http://local:8080', basePath: '' };
+  const central = { origin: 'https://central.example.com', basePath: '/orders' };
+  const quarantine = { origin: 'http://q:9000', basePath: '' };
+  const policy = compileResponsePolicy({
+    routeName: 'app',
+    mapping: { prefix: '/app', strips: true },
+    upstream: local,
+    endpoints: { routeUpstream: 'orders', of: new Map([['orders', [local, central]], ['quarantine', [quarantine]]]) },
+    response: settings(),
+    bannerHeaders: [],
+    onMalformedCookie: () => {},
+  });
+  const rewrite = policy.rules.get('location') as HeaderRewrite;
+  const ctx = (over: Partial<RequestContext>) => ({ publicOrigin: 'https://gw', path: '/app/x', ...over }) as RequestContext;
+
+  it('treats every endpoint of the upstream as its own address, whichever answered', () => {
+    const fromLocal = ctx({ upstreamOrigin: local.origin, upstreamPath: '/x' });
+    expect(rewrite('https://central.example.com/orders/y?z=1', fromLocal)).toBe('https://gw/app/y?z=1');
+    expect(rewrite('http://local:8080/y', fromLocal)).toBe('https://gw/app/y');
+    const fromCentral = ctx({ upstreamOrigin: central.origin, upstreamPath: '/orders/x' });
+    expect(rewrite('http://local:8080/y', fromCentral)).toBe('https://gw/app/y');
+    expect(rewrite('/orders/y', fromCentral)).toBe('/app/y'); // path-absolute: the answering endpoint's base path
+    expect(rewrite('http://elsewhere/y', fromCentral)).toBe('http://elsewhere/y');
+  });
+
+  it('includes the endpoints of the upstream a policy obligation named', () => {
+    const toQuarantine = ctx({ upstreamName: 'quarantine', upstreamOrigin: quarantine.origin, upstreamPath: '/x' });
+    expect(rewrite('http://q:9000/y', toQuarantine)).toBe('https://gw/app/y');
+    expect(rewrite('http://q:9000/y', ctx({ upstreamOrigin: local.origin, upstreamPath: '/x' }))).toBe('http://q:9000/y');
   });
 });
 

@@ -71,7 +71,14 @@ export interface ResponsePolicyInput {
   readonly routeName: string;
   /** How the route maps public paths onto upstream paths. */
   readonly mapping: PathMapping;
+  /** The route's upstream: its preferred endpoint. */
   readonly upstream: UpstreamBase;
+  /**
+   * Every endpoint of every upstream by upstream name (the route's, and those a policy
+   * obligation may name): a Location naming any endpoint of the upstream the request went
+   * to, or of the route's own, is the upstream's own address, whichever endpoint answered.
+   */
+  readonly endpoints?: { readonly routeUpstream: string; readonly of: ReadonlyMap<string, readonly UpstreamBase[]> };
   readonly response: RouteResponseSettings;
   /** server.bannerHeaders. */
   readonly bannerHeaders: readonly string[];
@@ -86,10 +93,10 @@ export interface ResponsePolicyInput {
 const UNKNOWN_BASE = '\u0000';
 
 /**
- * The upstream this request went to. A policy obligation may have sent it to another named
- * upstream (pipeline/authz.ts sets ctx.upstreamOrigin and the upstream path from that
- * upstream's base path); its base path is what the upstream path holds before the part taken
- * from the public path.
+ * The endpoint this request went to (pipeline/proxy.ts sets ctx.upstreamOrigin and the
+ * upstream path from the endpoint the guard chose, of the route's upstream or of the one a
+ * policy obligation named); its base path is what the upstream path holds before the part
+ * taken from the public path.
  */
 function activeUpstream(ctx: RequestContext, own: UpstreamBase, mapping: PathMapping): UpstreamBase {
   const origin = ctx.upstreamOrigin;
@@ -100,12 +107,32 @@ function activeUpstream(ctx: RequestContext, own: UpstreamBase, mapping: PathMap
   return { origin, basePath };
 }
 
-function locationRule(mapping: PathMapping, own: UpstreamBase): HeaderRewrite {
+function locationRule(mapping: PathMapping, own: UpstreamBase, endpoints: ResponsePolicyInput['endpoints']): HeaderRewrite {
   return (value, ctx) => {
     const active = activeUpstream(ctx, own, mapping);
-    const one = (v: string) => rewriteLocation(v, mapping, ctx.publicOrigin, active, own);
+    const one = (v: string): string => {
+      const out = rewriteLocation(v, mapping, ctx.publicOrigin, active, own);
+      return out === v && endpoints !== undefined ? siblingRewrite(v, ctx, mapping, endpoints) : out;
+    };
     return typeof value === 'string' ? one(value) : value.map(one);
   };
+}
+
+/**
+ * A path-absolute reference belongs to the endpoint that answered (rewritten before this); an
+ * absolute one may name a sibling endpoint (the central region answering for the local one,
+ * a redirect to the other replica): each is the upstream's own address too.
+ */
+function siblingRewrite(v: string, ctx: RequestContext, mapping: PathMapping, endpoints: NonNullable<ResponsePolicyInput['endpoints']>): string {
+  if (v.charCodeAt(0) === 47 /* / */ && v.charCodeAt(1) !== 47) return v;
+  const names = ctx.upstreamName === undefined || ctx.upstreamName === endpoints.routeUpstream ? [endpoints.routeUpstream] : [ctx.upstreamName, endpoints.routeUpstream];
+  for (const name of names) {
+    for (const base of endpoints.of.get(name) ?? []) {
+      const mapped = rewriteLocation(v, mapping, ctx.publicOrigin, base, base);
+      if (mapped !== v) return mapped;
+    }
+  }
+  return v;
 }
 
 function setCookieRule(scope: CookieScope, own: UpstreamBase, onMalformed: ResponsePolicyInput['onMalformedCookie']): HeaderRewrite {
@@ -125,7 +152,7 @@ export function compileResponsePolicy(input: ResponsePolicyInput): ResponsePolic
   const { response, mapping, upstream } = input;
   const rules = new Map<string, HeaderRule>();
   if (response.redirects === 'rewrite') {
-    const rewrite = locationRule(mapping, upstream);
+    const rewrite = locationRule(mapping, upstream, input.endpoints);
     rules.set('location', rewrite);
     rules.set('content-location', rewrite);
   }

@@ -24,6 +24,9 @@ function route(name: string, pathPrefix: string, extra: Partial<CompiledRoute> =
     forwardAuthorization: false,
     denyList: compileDenyList(),
     response: {} as CompiledRoute['response'], // not read by the route stage
+    limits: [],
+    rateLimiting: true,
+    circuitBreaker: true,
     ...extra,
   };
 }

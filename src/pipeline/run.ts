@@ -9,12 +9,12 @@ export interface PipelineStages {
   device: Stage; //  4 DPoP proof / mTLS certificate binding → device (+ posture from the registry)
   // 5 risk plugs in here when the anomaly model lands (shared/ARCHITECTURE.md).
   authz: Stage | undefined; // 6 policy set (CEL, deny-overrides) → decision + obligations; absent without policies
-  // 7 limit plugs in here with the rate-limit issue.
+  limit: Stage; //   7 rate-limit tiers of the route and the policy's obligation → 429 (one store round trip)
   assertion: Stage; // 8 signed identity assertion for the upstream (then the proxy forwards)
 }
 
 export function pipelineOf(stages: PipelineStages): readonly Stage[] {
-  const ordered = [stages.hygiene, stages.route, stages.authn, stages.device, stages.authz, stages.assertion];
+  const ordered = [stages.hygiene, stages.route, stages.authn, stages.device, stages.authz, stages.limit, stages.assertion];
   return Object.freeze(ordered.filter((s): s is Stage => s !== undefined));
 }
 

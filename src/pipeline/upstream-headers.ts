@@ -113,6 +113,13 @@ export function clientResponseHeaders(ctx: RequestContext, headers: IncomingHttp
     }
   }
   if (setHeaders !== undefined) for (const name in setHeaders) out[name] = setHeaders[name];
+  const limited = ctx.rateLimit;
+  if (limited !== undefined) {
+    // The gateway's limits, not the upstream's own (which it may also send: replaced here).
+    out['ratelimit-policy'] = limited.policy;
+    if (limited.rateLimit === '') delete out.ratelimit;
+    else out.ratelimit = limited.rateLimit;
+  }
   out['x-request-id'] = ctx.id;
   return out;
 }

@@ -12,7 +12,7 @@ import type http from 'node:http';
 import type https from 'node:https';
 import { resolve } from 'node:path';
 import { newContext, requestIdFor, type RequestContext } from '../pipeline/context.ts';
-import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, ShuttingDownError, UpstreamErrorResponse, ZtError } from '../core/errors.ts';
+import { BadPathError, BadRequestError, ClientClosedRequestError, InternalError, MethodNotAllowedError, PayloadTooLargeError, RequestTimeoutError, ShuttingDownError, UpstreamErrorResponse, ZtError } from '../core/errors.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import { toProblem } from '../observability/problem.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
@@ -21,6 +21,8 @@ import { CLIENT_ERROR, createClientErrorHandler, MAX_HEADER_FIELDS, REQUEST_ID }
 import { CLIENT_GONE, createUpstreamDispatcher, forward } from '../pipeline/proxy.ts';
 import { attachUpgradeHandling, isWebSocketUpgrade } from './websocket.ts';
 import { refuseClientRenegotiation } from './tls-renegotiation.ts';
+import { callOptionsFor, type GuardEndpoint, type UpstreamCall } from '../pipeline/upstream-guard.ts';
+import { createStallWatch, sweepIntervalFor } from './send-idle.ts';
 
 
 export interface DataPlaneOptions {
@@ -64,6 +66,8 @@ interface RequestState {
   error: ZtError | undefined;
   /** The client closed its connection before its answer was complete; its access line is written. */
   clientGone: boolean;
+  /** The gateway ended the response: its client stopped reading for sendIdleMs (server/send-idle.ts). */
+  stalled: boolean;
 }
 
 declare module 'fastify' {
@@ -72,18 +76,50 @@ declare module 'fastify' {
   }
 }
 
-/** Counts body bytes of chunked uploads (no Content-Length to check up front) and stops at the limit. */
-class BodyLimit extends Transform {
+/**
+ * Between the client's body and the upstream request: counts the bytes of chunked uploads (no
+ * Content-Length to check up front) and stops at the limit, and fails a body from which
+ * nothing arrives for bodyIdleMs (server.timeouts), so that a stalled upload gives its
+ * upstream request, connection and slots back (408) instead of holding them until the whole
+ * request's requestMs. The clock runs only while the upstream side is waiting for bytes: time
+ * the gateway or the upstream takes to read what came is not the client's.
+ */
+class BodyGuard extends Transform {
   #seen = 0;
   readonly #limit: number;
-  constructor(limit: number) {
+  readonly #idleMs: number;
+  #timer: NodeJS.Timeout | undefined;
+  constructor(limit: number, idleMs: number) {
     super();
     this.#limit = limit;
+    this.#idleMs = idleMs;
+  }
+  override _read(size: number): void {
+    // The upstream request reads: from now on the client is expected to send.
+    if (this.#timer === undefined && !this.destroyed) {
+      this.#timer = setTimeout(() => this.#idle(), this.#idleMs);
+      this.#timer.unref();
+    }
+    super._read(size);
+  }
+  #idle(): void {
+    // Bytes are waiting to be read: the reader is slow, not the client.
+    if (this.readableLength > 0 || this.writableLength > 0) return void this.#timer?.refresh();
+    this.destroy(new RequestTimeoutError(`no request body bytes for ${this.#idleMs} ms`));
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.#timer?.refresh();
     this.#seen += chunk.length;
     if (this.#seen > this.#limit) done(new PayloadTooLargeError('chunked body over limit'));
     else done(null, chunk);
+  }
+  override _flush(done: TransformCallback): void {
+    clearTimeout(this.#timer);
+    done();
+  }
+  override _destroy(error: Error | null, done: (error?: Error | null) => void): void {
+    clearTimeout(this.#timer);
+    done(error);
   }
 }
 
@@ -199,12 +235,15 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   const upstreams = createUpstreamDispatcher();
   app.register(replyFrom, { disableRequestLogging: true, undici: upstreams as never });
   app.addHook('onClose', async () => upstreams.destroy());
+  const stalls = createStallWatch(sweepIntervalFor(server.timeouts.sendIdleMs));
+  app.addHook('onClose', async () => stalls.close());
 
   // Bodies are never parsed: they stream to the upstream as they arrive.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, payload, done) => {
-    if (request.headers['content-length'] !== undefined) return done(null, payload);
-    const limiter = new BodyLimit(holder.current.config.server.limits.maxBodyBytes);
+    const { limits, timeouts } = holder.current.config.server;
+    // A Content-Length body was checked against the limit up front (Fastify's bodyLimit).
+    const limiter = new BodyGuard(request.headers['content-length'] !== undefined ? Infinity : limits.maxBodyBytes, timeouts.bodyIdleMs);
     // pipe() carries data, not failure: a client that leaves mid-body must fail the limiter too,
     // so undici sees its body fail and aborts the upstream request instead of waiting, with an
     // upstream connection held, for the rest of a body that never comes. Only this way round
@@ -228,14 +267,19 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       // (a body timeout's 408 cut the body off): that answer stands, and is the request's line.
       // Nor when the shutdown deadline cut it (the dispatcher is destroyed next): logged as cut.
       if (reply.request.zt?.clientGone === true || reply.raw.destroyed || reply.raw.headersSent || opts.drainDeadline?.aborted === true) return;
-      // A body that overran the limit mid-stream surfaces as an upstream failure; say what it was.
+      // A body that overran the limit or stalled mid-stream surfaces as an upstream failure; say what it was.
       const cause = (error.cause as { cause?: unknown } | undefined)?.cause;
-      const final = cause instanceof PayloadTooLargeError ? cause : error;
+      const final = cause instanceof PayloadTooLargeError || cause instanceof RequestTimeoutError ? cause : error;
+      // The rest of a stalled body may still come: this connection cannot carry another request.
+      if (final instanceof RequestTimeoutError) reply.raw.shouldKeepAlive = false;
       metrics.upstreamErrors.inc({ route: ctx.route!.name, code: final.code });
       logger.warn({ reqId: ctx.id, route: ctx.route!.name, code: final.code, err: error.cause }, 'upstream error');
       const state = reply.request.zt;
       if (state) state.error = final;
       sendProblem(reply, ctx.id, final);
+    },
+    onRetry(ctx: RequestContext, failed: GuardEndpoint, error: ZtError, next: GuardEndpoint) {
+      logger.info({ reqId: ctx.id, route: ctx.route!.name, upstream: failed.upstream, endpoint: failed.name, code: error.code, err: error.cause, retryOn: next.name }, 'upstream attempt failed; retrying');
     },
     onUpstreamErrorResponse(ctx: RequestContext, error: UpstreamErrorResponse, reply: FastifyReply) {
       // The upstream's status, never its body: that is what was kept from the client.
@@ -251,7 +295,7 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   function handle(request: FastifyRequest, reply: FastifyReply): void {
     const runtime = holder.current;
     const ctx = newContext(request.raw, request.id, false);
-    const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined, clientGone: false };
+    const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined, clientGone: false, stalled: false };
     request.zt = state;
     const raw = reply.raw as Marked<FastifyReply['raw']>;
     const refuse = (err: unknown): void => {
@@ -267,18 +311,21 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       if (raw.writableFinished || state.clientGone) return;
       state.clientGone = true;
       raw.emit(CLIENT_GONE);
-      // Or the gateway cut it, at the shutdown deadline: a 5xx of its own, whatever was sent.
+      // Or the gateway cut it, at the shutdown deadline: a 5xx of its own, whatever was sent;
+      // or because its client stopped reading (sendIdleMs): the client's slowness, a 408.
       const cut = opts.drainDeadline?.aborted === true;
       record({
         reqId: ctx.id,
         method: request.method,
         path: ctx.path || request.raw.url,
         route: ctx.route?.name,
-        status: cut ? 503 : 499,
+        status: cut ? 503 : state.stalled ? 408 : 499,
         ms: reply.elapsedTime,
         error: cut
           ? new ShuttingDownError('cut at the shutdown deadline before the answer was complete')
-          : new ClientClosedRequestError('client closed the connection before the answer was complete'),
+          : state.stalled
+            ? new RequestTimeoutError('the client stopped reading the response (server.timeouts.sendIdleMs)')
+            : new ClientClosedRequestError('client closed the connection before the answer was complete'),
         sub: ctx.identity?.subject,
         client: ctx.clientIp || request.socket.remoteAddress,
       });
@@ -297,6 +344,16 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       // pipeline ran: that refusal is the answer, and nothing is forwarded. Nor is anything
       // forwarded for a client that already left.
       if (raw[CLIENT_ERROR] !== undefined || state.clientGone) return;
+      // The upstream's bulkhead and this principal's share, before the client is invited to
+      // send a body; released when the response ends, however it ends ('close' comes after
+      // 'finish' too, and after a destroy).
+      let call: UpstreamCall;
+      try {
+        call = runtime.upstreamGuard.begin(callOptionsFor(ctx));
+      } catch (err) {
+        return refuse(err);
+      }
+      raw.once('close', call.end);
       state.upstreamStartedAt = performance.now();
       // RFC 9110 §10.1.1: the client is invited to send its body only now, after authn,
       // device and policy passed; a refused request never had its body read.
@@ -304,8 +361,13 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
         raw[EXPECTS_CONTINUE] = false;
         raw.writeContinue();
       }
+      stalls.watch(raw, runtime.config.server.timeouts.sendIdleMs, () => {
+        state.stalled = true;
+        logger.warn({ reqId: ctx.id, route: ctx.route!.name, sendIdleMs: runtime.config.server.timeouts.sendIdleMs }, 'client stopped reading; response ended');
+        raw.destroy();
+      });
       try {
-        forward(reply, ctx, runtime.forwarding, hooks);
+        forward(reply, ctx, runtime.forwarding, hooks, call);
       } catch (err) {
         refuse(err); // reply-from refuses some targets synchronously; never an unhandled rejection
       }

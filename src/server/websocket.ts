@@ -27,6 +27,8 @@ import { closeAfterWrite, responseHead, writeProblemToSocket } from '../observab
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { clientResponseHeaders, upstreamRequestHeaders, WEBSOCKET_HANDSHAKE, type ForwardingPolicy } from '../pipeline/upstream-headers.ts';
 import { errorResponseHeaders } from '../pipeline/response-headers.ts';
+import { callOptionsFor, type UpstreamCall } from '../pipeline/upstream-guard.ts';
+import { upstreamPathFor } from '../pipeline/route.ts';
 
 export interface UpgradeOptions {
   readonly holder: RuntimeHolder;
@@ -168,10 +170,19 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     finish(attempt, status, err instanceof ZtError ? err : undefined);
   };
 
-  function relay(attempt: Attempt, key: string, policy: ForwardingPolicy, client: Duplex, head: Buffer): void {
+  /**
+   * A tunnel holds a slot of its upstream's bulkhead and of its principal's share for its whole
+   * life (a WebSocket is a request in flight as long as it is open), and goes to an endpoint
+   * chosen as for any request; the handshake is what its breaker sees (101 or another status,
+   * a connection failure, the route's timeout). Never retried.
+   */
+  function relay(attempt: Attempt, key: string, policy: ForwardingPolicy, client: Duplex, head: Buffer, call: UpstreamCall): void {
     const { ctx } = attempt;
     const route = ctx.route!;
-    const target = new URL(ctx.upstreamOrigin ?? route.upstreamOrigin);
+    const endpoint = call.first(); // throws UpstreamUnavailableError: the caller refuses
+    ctx.upstreamOrigin = endpoint.origin;
+    ctx.upstreamPath = upstreamPathFor(route, ctx.path, endpoint.basePath);
+    const target = new URL(endpoint.origin);
     const headers = upstreamRequestHeaders(ctx, target.host, policy);
     copyHandshake(ctx.headers, headers); // checked by checkHandshake; never forwarded on plain requests
     headers.connection = 'Upgrade';
@@ -197,6 +208,8 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     request.setTimeout(route.timeoutMs, () => request.destroy(new UpstreamTimeoutError('websocket handshake timed out')));
     request.on('error', (err) => {
       if (!settle()) return void client.destroy();
+      if (client.destroyed) return call.failed('cancelled');
+      call.failed(err instanceof UpstreamTimeoutError ? 'timeout' : 'connect');
       const zt = err instanceof UpstreamTimeoutError ? err : new UpstreamUnreachableError('websocket upstream failed', { cause: err });
       metrics.upstreamErrors.inc({ route: route.name, code: zt.code });
       logger.warn({ reqId: ctx.id, route: route.name, code: zt.code, err }, 'websocket upstream error');
@@ -208,6 +221,7 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     request.on('response', (res: IncomingMessage) => {
       settle();
       const status = res.statusCode ?? 502;
+      call.responded(status);
       if (status >= 500 && route.response.replaceErrorBodies) {
         // As for any proxied 5xx (proxy.ts): the gateway's problem, never the upstream's body,
         // which is read and dropped; then the handshake's own connection closes, as after a
@@ -230,12 +244,14 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
       // very handshake (RFC 6455 §4.1: Upgrade: websocket and the matching Accept), never to
       // whatever else it might offer.
       if (!listsToken(res.headers.upgrade, 'websocket') || res.headers['sec-websocket-accept'] !== acceptFor(key)) {
+        call.responded(502); // an upstream that cannot do the handshake is failing
         upstream.destroy();
         const zt = new UpstreamUnreachableError('upstream switched to something other than this websocket');
         metrics.upstreamErrors.inc({ route: route.name, code: zt.code });
         logger.warn({ reqId: ctx.id, route: route.name, upgrade: res.headers.upgrade }, 'websocket upstream sent a bad 101');
         return refuse(attempt, client, zt);
       }
+      call.responded(101);
       if (client.destroyed) return void upstream.destroy();
       const out: Record<string, string | string[] | undefined> = clientResponseHeaders(ctx, res.headers);
       copyHandshake(res.headers, out); // the accept was checked above; protocol and extensions are what the upstream chose
@@ -284,7 +300,16 @@ export function attachUpgradeHandling(server: Server, opts: UpgradeOptions): voi
     run().then(
       () => {
         if (socket.destroyed) return finish(attempt, 499, new ClientClosedRequestError('client left during the checks'));
-        relay(attempt, req.headers['sec-websocket-key'] as string, runtime.forwarding, socket, head);
+        let call: UpstreamCall | undefined;
+        try {
+          call = runtime.upstreamGuard.begin(callOptionsFor(ctx));
+          // Whatever ends the handshake or the tunnel closes the client's socket: the slot returns then.
+          socket.once('close', call.end);
+          relay(attempt, req.headers['sec-websocket-key'] as string, runtime.forwarding, socket, head, call);
+        } catch (err) {
+          call?.end();
+          refuse(attempt, socket, err);
+        }
       },
       (err: unknown) => refuse(attempt, socket, err),
     );

@@ -13,7 +13,7 @@
 // each run, not during it (see dpop-client.ts), and the verifier's in-process cost is
 // measured apart.
 //
-//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator autocannon|wrk --stage-profile 6 --no-policy-reload]
+//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator autocannon|wrk --stage-profile 6 --no-policy-reload --only limits]
 //
 // Last, each JWT-route gateway runs once more under `node --cpu-prof` for --stage-profile
 // seconds (0 skips it) and the bench prints each pipeline stage's CPU per response from the
@@ -41,6 +41,8 @@ import {
   gatewayAllowAll,
   gatewayDpop,
   gatewayJwt,
+  gatewayLimitMemory,
+  gatewayLimitRedis,
   gatewayPolicies,
   type BenchFixture,
   type RunningTarget,
@@ -48,12 +50,15 @@ import {
 } from './targets.ts';
 import { runWrk, wrkOnPath } from './wrk.ts';
 import { random } from '../helpers/random.ts';
+import { startRedis, type RedisProcess } from '../helpers/redis.ts';
 
 const BASELINE = 'bare fastify proxy';
 const GATEWAY = 'zt-gateway jwt';
 const GATEWAY_DPOP = 'zt-gateway dpop';
 const GATEWAY_POLICIES = 'zt-gateway jwt+policies';
 const GATEWAY_ALLOW_ALL = 'zt-gateway jwt+allow-all';
+const GATEWAY_LIMIT_REDIS = 'zt-gateway jwt+limit redis';
+const GATEWAY_LIMIT_MEMORY = 'zt-gateway jwt+limit memory';
 
 // Header pools (DPoP proofs) are sized from the target's fastest run so far: its rate ×
 // the run's duration × this margin (later rounds run faster than a cold warm-up; other
@@ -92,6 +97,9 @@ const { values: flags } = parseArgs({
     'stage-profile': { type: 'string', default: '6' },
     // Last, reload-1000.ts: one-file edits in a 1,000-policy set under load (about 12 s).
     'policy-reload': { type: 'boolean', default: true },
+    // `--only limits`: the rate-limit comparison alone (bare proxy, the JWT route, and the
+    // same route with a Redis and an in-memory tier), about 3 minutes.
+    only: { type: 'string' },
   },
 });
 const positiveInt = (name: string, raw: string): number => {
@@ -106,7 +114,12 @@ const ROUNDS = positiveInt('rounds', flags.rounds);
 const DURATION_S = positiveInt('duration', flags.duration);
 const WARMUP_S = positiveInt('warmup', flags.warmup);
 const CONNECTIONS = positiveInt('connections', flags.connections);
-const STAGE_PROFILE_S = flags['stage-profile'] === '0' ? 0 : positiveInt('stage-profile', flags['stage-profile']);
+if (flags.only !== undefined && flags.only !== 'limits') {
+  process.stderr.write(`bench: --only takes "limits", not ${flags.only}\n`);
+  process.exit(2);
+}
+const ONLY_LIMITS = flags.only === 'limits';
+const STAGE_PROFILE_S = ONLY_LIMITS || flags['stage-profile'] === '0' ? 0 : positiveInt('stage-profile', flags['stage-profile']);
 // The targets whose stages are profiled: the JWT route, without and with the policy stage.
 const PROFILED = [gatewayJwt, gatewayPolicies, gatewayAllowAll];
 const PIPELINING = 1;
@@ -131,10 +144,12 @@ type RoundResult = LoadResult & { readonly cpuUsPerRequest: number | undefined }
 const children = new ChildSet();
 let tmpDir: string | undefined;
 let cleaning: Promise<void> | undefined;
+let redis: RedisProcess | undefined;
 
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
     await children.stopAll();
+    await redis?.stop();
     if (tmpDir !== undefined) await rm(tmpDir, { recursive: true, force: true });
   })();
   return cleaning;
@@ -153,20 +168,27 @@ const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
 
 async function main(): Promise<void> {
   // Before any server starts, so nothing competes with it for CPU.
-  log('policy decision time, in process …');
-  const decisions = formatDecisionResults(measurePolicyDecisions(DECISIONS), DECISIONS);
-  log(decisions);
+  let decisions = '';
+  if (!ONLY_LIMITS) {
+    log('policy decision time, in process …');
+    decisions = formatDecisionResults(measurePolicyDecisions(DECISIONS), DECISIONS);
+    log(decisions);
+  }
 
-  const targets: ((fx: BenchFixture) => Target)[] = [
-    echoDirect,
-    bareProxy,
-    gatewayJwt,
-    bareProxyPerRequestHeaders,
-    gatewayDpop,
-    (fx: BenchFixture) => gatewayDpop(fx, 'RS256'),
-    gatewayPolicies,
-    gatewayAllowAll,
-  ];
+  const targets: ((fx: BenchFixture) => Target)[] = ONLY_LIMITS
+    ? [bareProxy, gatewayJwt, gatewayLimitRedis, gatewayLimitMemory]
+    : [
+        echoDirect,
+        bareProxy,
+        gatewayJwt,
+        bareProxyPerRequestHeaders,
+        gatewayDpop,
+        (fx: BenchFixture) => gatewayDpop(fx, 'RS256'),
+        gatewayPolicies,
+        gatewayAllowAll,
+        gatewayLimitRedis,
+        gatewayLimitMemory,
+      ];
   // Start-up, warm-up, rounds, and slack: minting proofs before every run (RS256 signing
   // takes ~20 s for a round's pool here) and stopping; past this something is wedged.
   const profiledS = STAGE_PROFILE_S === 0 ? 0 : PROFILED.length * (WARMUP_S + STAGE_PROFILE_S + 40);
@@ -186,7 +208,8 @@ async function main(): Promise<void> {
   const audience = 'zt-gateway';
   const subject = 'bench';
   const token = await issuer.sign({ groups: ['eng'] }, { sub: subject, aud: audience, expiresIn: '1h' });
-  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), echoPid: echo.pid, issuer, audience, token, subject, tmpDir };
+  redis = await startRedis();
+  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), echoPid: echo.pid, issuer, audience, token, subject, tmpDir, redisUrl: redis.url };
 
   const started: { target: Target; running: RunningTarget }[] = [];
   for (const make of targets) {
@@ -299,9 +322,6 @@ async function main(): Promise<void> {
   ]);
   const responses = [...results.values()].flat().reduce((n, r) => n + r.responses, 0);
   const jwtRps = summaries.get(GATEWAY)!.reqPerSec;
-  const dpopRps = summaries.get(GATEWAY_DPOP)!.reqPerSec;
-  const policiesRps = summaries.get(GATEWAY_POLICIES)!.reqPerSec;
-  const allowAllRps = summaries.get(GATEWAY_ALLOW_ALL)!.reqPerSec;
   // The same ratio taken within each round (targets measured seconds apart) and then the
   // median: drift of the shared machine between rounds cancels out, which the ratio of the
   // two medians does not. Both are printed.
@@ -310,9 +330,26 @@ async function main(): Promise<void> {
     const b = results.get(base)!;
     return median(a.map((r, i) => r.reqPerSec / b[i]!.reqPerSec)).toFixed(2);
   };
+  // A rate-limit tier's cost against the same route without one: throughput ratio, and the
+  // latency it adds, each as the median over rounds of the within-round difference.
+  const limitLine = (target: string): string => {
+    const a = results.get(target)!;
+    const b = results.get(GATEWAY)!;
+    const added = (key: 'p50Ms' | 'p99Ms'): string => median(a.map((r, i) => r[key] - b[i]![key])).toFixed(2);
+    return `${target}/jwt ratio: ${(summaries.get(target)!.reqPerSec / jwtRps).toFixed(2)} / ${perRound(target, GATEWAY)} (target ≥ 0.85); added p50 ${added('p50Ms')} ms, added p99 ${added('p99Ms')} ms (target ≤ 1 ms)\n`;
+  };
+  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}`;
+  const table = `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'CPU µs/req', 'req/s per round'], rows)}\n\n` +
+    `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n`;
+  if (ONLY_LIMITS) {
+    process.stdout.write(table + limitLines);
+    return;
+  }
+  const dpopRps = summaries.get(GATEWAY_DPOP)!.reqPerSec;
+  const policiesRps = summaries.get(GATEWAY_POLICIES)!.reqPerSec;
+  const allowAllRps = summaries.get(GATEWAY_ALLOW_ALL)!.reqPerSec;
   process.stdout.write(
-    `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'CPU µs/req', 'req/s per round'], rows)}\n\n` +
-      `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n` +
+    table +
       `dpop verify: ${verify.cpuUs.toFixed(0)} µs CPU/op, ${verify.eventLoopUs?.toFixed(0) ?? '–'} of it on the event loop (in process, ${VERIFY_OPS} verify() calls, ${CONNECTIONS} in flight, memory replay cache)\n` +
       `dpop per request under load: ${(1e6 / dpopRps - 1e6 / jwtRps).toFixed(0)} µs (1e6/rps(dpop) − 1e6/rps(jwt))\n` +
       `ratios: of medians / median of per-round ratios\n` +
@@ -320,6 +357,8 @@ async function main(): Promise<void> {
       `gateway dpop/bare ratio: ${(dpopRps / baseline).toFixed(2)} / ${perRound(GATEWAY_DPOP, BASELINE)}; against the bare proxy loaded with per-request headers like it: ${(dpopRps / summaries.get(BARE_PER_REQUEST)!.reqPerSec).toFixed(2)} / ${perRound(GATEWAY_DPOP, BARE_PER_REQUEST)} (target ≥ 0.50)\n` +
       `gateway dpop (RS256 proofs)/bare ratio: ${(summaries.get('zt-gateway dpop RS256')!.reqPerSec / baseline).toFixed(2)} / ${perRound('zt-gateway dpop RS256', BASELINE)}\n` +
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} / ${perRound(GATEWAY_POLICIES, GATEWAY_ALLOW_ALL)} (target ≥ 0.90)\n` +
+      limitLine(GATEWAY_LIMIT_REDIS) +
+      limitLine(GATEWAY_LIMIT_MEMORY) +
       `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
       `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
       (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`) +
@@ -374,7 +413,7 @@ function policyReloadBench(): void {
 try {
   await main();
   await cleanup();
-  if (flags['policy-reload']) policyReloadBench();
+  if (flags['policy-reload'] && !ONLY_LIMITS) policyReloadBench();
 } catch (err) {
   const message = err instanceof BenchFailure ? err.message : ((err as Error).stack ?? String(err));
   log(`\n${'!'.repeat(72)}\nBENCH FAILED: ${message}\n${'!'.repeat(72)}`);

@@ -75,7 +75,7 @@ describe('admin plane', () => {
     const res = await rawRequest(gw.adminUrl, '/readyz');
     expect(res.status).toBe(200);
     const names = res.json().checks.map((c: { name: string }) => c.name);
-    expect(names).toEqual(['config', 'draining', 'issuer:corp']);
+    expect(names).toEqual(['config', 'draining', 'issuer:corp', 'breaker:route:echo/default', 'rate-limit-store']);
   });
 
   it('is not the data plane: gateway routes are not served there, admin routes not on the data plane', async () => {

@@ -112,7 +112,7 @@ describe('--help and unknown options, for every command', () => {
   const commands: [string[], RegExp][] = [
     [['serve'], /^usage: ztgw serve /],
     [['validate'], /^usage: ztgw validate /],
-    [['demo'], /^usage: ztgw demo\n/],
+    [['demo'], /^usage: ztgw demo \[--redis\]\n/],
     [['token'], /^usage: ztgw token /],
     [['keys'], /^usage: ztgw keys generate /],
     [['keys', 'generate'], /^usage: ztgw keys generate /],

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { rawRequest } from '../helpers/http.ts';
 import { freePort } from '../helpers/ports.ts';
+import { startRedis } from '../helpers/redis.ts';
 
 const CLI = resolve(import.meta.dirname, '../../src/cli/ztgw.ts');
 const DEMO_CONFIG = resolve(import.meta.dirname, '../../deploy/demo.yaml');
@@ -123,4 +124,44 @@ describe('the device-trust walk-through (README)', () => {
     }
     // Nine Node processes: about 15 s on an idle laptop, more on a busy 2-core machine.
   }, 60_000);
+});
+
+describe('the rate-limit demo (README)', () => {
+  // The README's loop: six curls to /limited/ as alice, in memory and with --redis (the
+  // counters in a redis-server of this test's own, given as ZTGW_REDIS_URL).
+  for (const mode of ['memory', 'redis'] as const) {
+    it(`answers the 6th request within 10 s with 429, Retry-After and the RateLimit headers (${mode})`, async () => {
+      const redis = mode === 'redis' ? await startRedis() : undefined;
+      const demoDir = mkdtempSync(join(tmpdir(), 'ztgw-limits-demo-'));
+      const env = {
+        ZTGW_DEMO_DIR: demoDir,
+        ZTGW_PORT: String(await freePort()),
+        ZTGW_ADMIN_PORT: String(await freePort()),
+        ZTGW_ECHO_PORT: String(await freePort()),
+        ...(redis && { ZTGW_REDIS_URL: redis.url }),
+      };
+      const demo = spawn(process.execPath, [CLI, 'demo', ...(redis ? ['--redis'] : [])], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+      const exited = new Promise<number | null>((ok) => demo.once('exit', ok));
+      try {
+        await waitReady(`http://127.0.0.1:${env.ZTGW_ADMIN_PORT}`, demo);
+        const minted = await ztgw(['token', '--sub', 'alice', '--groups', 'eng'], env);
+        expect(minted.status, minted.stderr).toBe(0);
+        const headers = { authorization: `Bearer ${minted.stdout.trim()}` };
+        const answers = [];
+        for (let i = 0; i < 6; i++) answers.push(await rawRequest(`http://127.0.0.1:${env.ZTGW_PORT}`, '/limited/hello', { headers }));
+        expect(answers.map((a) => a.status)).toEqual([200, 200, 200, 200, 200, 429]);
+        const last = answers[5]!;
+        expect(Number(last.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+        expect(last.headers['ratelimit-policy']).toBe('"demo-five";q=5;w=10');
+        expect(last.headers.ratelimit).toMatch(/^"demo-five";r=0;t=\d+$/);
+        expect(last.json()).toMatchObject({ code: 'ERR_RATE_LIMITED' });
+        const ready = (await rawRequest(`http://127.0.0.1:${env.ZTGW_ADMIN_PORT}`, '/readyz')).json();
+        expect(ready.checks).toContainEqual(expect.objectContaining({ name: 'rate-limit-store', detail: mode }));
+      } finally {
+        demo.kill('SIGTERM');
+        expect(await exited).toBe(0);
+        await redis?.stop();
+      }
+    }, 40_000);
+  }
 });
