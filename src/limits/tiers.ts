@@ -18,6 +18,8 @@ export interface CompiledTier {
   readonly key: KeyBuilder;
   /** Claim names the key reads (claim:<name> dimensions). */
   readonly claims: readonly string[];
+  /** The key reads only the subject and claims: the same for every request of one verified token. */
+  readonly identityOnly: boolean;
 }
 
 const UNIT_MS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: 3_600_000 };
@@ -40,6 +42,7 @@ export function compileTiers(limits: { readonly keyPrefix: string; readonly tier
         tier: createTier({ name, limit: t.limit, periodMs: periodMs(t.per), burst: t.burst, onStoreFailure: t.onStoreFailure }),
         key: createKeyBuilder({ prefix: limits.keyPrefix, tier: name, keyBy }),
         claims: Object.freeze(keyBy.filter((d) => d.startsWith('claim:')).map((d) => d.slice('claim:'.length))),
+        identityOnly: keyBy.every((d) => d === 'subject' || d.startsWith('claim:')),
       }),
     );
   }

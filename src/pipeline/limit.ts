@@ -60,6 +60,20 @@ function resultOf(o: LimitOutcome): LimitResult {
 
 export function createLimitStage(deps: LimitStageDeps): Stage {
   const { store, tiers, onOutcome } = deps;
+  // A key read only from the token (subject, claims) is built once per verified identity: the
+  // token cache hands every request of a token the same identity object, and building a key
+  // hashes each value (SHA-256). Weak: the entry goes with the identity.
+  const identityKeys = new WeakMap<object, Map<CompiledTier, string>>();
+
+  function keyOf(ctx: RequestContext, tier: CompiledTier, values: () => KeyValues): string {
+    const identity = ctx.identity;
+    if (!tier.identityOnly || identity === undefined) return tier.key(values())!;
+    let keys = identityKeys.get(identity);
+    if (keys === undefined) identityKeys.set(identity, (keys = new Map()));
+    let key = keys.get(tier);
+    if (key === undefined) keys.set(tier, (key = tier.key(values())!));
+    return key;
+  }
 
   function settle(ctx: RequestContext, outcomes: readonly LimitOutcome[]): void {
     if (onOutcome !== undefined) for (const o of outcomes) onOutcome(o.tier.name, resultOf(o));
@@ -84,8 +98,9 @@ export function createLimitStage(deps: LimitStageDeps): Stage {
     const obligation = named === undefined ? undefined : tiers.get(named);
     const applied = obligation === undefined ? route.limits : [...route.limits, obligation];
     if (applied.length === 0) return;
-    const values = keyValues(ctx, applied);
-    const items: LimitItem[] = applied.map((t) => ({ key: t.key(values)!, tier: t.tier }));
+    let values: KeyValues | undefined;
+    const lazyValues = (): KeyValues => (values ??= keyValues(ctx, applied));
+    const items: LimitItem[] = applied.map((t) => ({ key: keyOf(ctx, t, lazyValues), tier: t.tier }));
     return store.check(items).then((outcomes) => settle(ctx, outcomes));
   };
 }

@@ -49,6 +49,7 @@ import {
   type Target,
 } from './targets.ts';
 import { runWrk, wrkOnPath } from './wrk.ts';
+import { runFixedRate, type FixedRateResult } from './fixed-rate.ts';
 import { random } from '../helpers/random.ts';
 import { startRedis, type RedisProcess } from '../helpers/redis.ts';
 
@@ -82,6 +83,9 @@ const DECISIONS = { rounds: 5, decisions: 20_000, warmup: 20_000 };
 // Each round runs the targets in a new order, shuffled from this seed (the same sequence
 // every run), so no target always follows the same neighbour.
 const ORDER_SEED = 20261126;
+// The limit targets' latency is also taken at this fixed rate, well below the JWT route's
+// saturation on a 2-core box (~5,000 req/s), where a stage's cost shows as latency, not queueing.
+const FIXED_RATE = 1000;
 
 const { values: flags } = parseArgs({
   options: {
@@ -119,9 +123,10 @@ if (flags.only !== undefined && flags.only !== 'limits') {
   process.exit(2);
 }
 const ONLY_LIMITS = flags.only === 'limits';
-const STAGE_PROFILE_S = ONLY_LIMITS || flags['stage-profile'] === '0' ? 0 : positiveInt('stage-profile', flags['stage-profile']);
-// The targets whose stages are profiled: the JWT route, without and with the policy stage.
-const PROFILED = [gatewayJwt, gatewayPolicies, gatewayAllowAll];
+const STAGE_PROFILE_S = flags['stage-profile'] === '0' ? 0 : positiveInt('stage-profile', flags['stage-profile']);
+// The targets whose stages are profiled: the JWT route, without and with the policy stage
+// (with --only limits: without and with a Redis-backed tier).
+const PROFILED = ONLY_LIMITS ? [gatewayJwt, gatewayLimitRedis] : [gatewayJwt, gatewayPolicies, gatewayAllowAll];
 const PIPELINING = 1;
 const GENERATOR = chooseGenerator(flags.generator);
 
@@ -192,7 +197,8 @@ async function main(): Promise<void> {
   // Start-up, warm-up, rounds, and slack: minting proofs before every run (RS256 signing
   // takes ~20 s for a round's pool here) and stopping; past this something is wedged.
   const profiledS = STAGE_PROFILE_S === 0 ? 0 : PROFILED.length * (WARMUP_S + STAGE_PROFILE_S + 40);
-  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + (ROUNDS + 1) * 60 + 180 + profiledS) * 1000;
+  const fixedRateS = 3 * ROUNDS * (DURATION_S + 5);
+  const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + (ROUNDS + 1) * 60 + 180 + profiledS + fixedRateS) * 1000;
   const overall = setTimeout(() => {
     log(`\nBENCH FAILED: run exceeded its ${budgetMs / 1000} s budget`);
     void cleanup().finally(() => process.exit(1));
@@ -209,7 +215,7 @@ async function main(): Promise<void> {
   const subject = 'bench';
   const token = await issuer.sign({ groups: ['eng'] }, { sub: subject, aud: audience, expiresIn: '1h' });
   redis = await startRedis();
-  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), echoPid: echo.pid, issuer, audience, token, subject, tmpDir, redisUrl: redis.url };
+  const fx: BenchFixture = { children, echoUrl: String(echo.readyLine.url), echoPid: echo.pid, issuer, audience, token, subject, tmpDir, redisUrl: redis.url, redisPid: redis.pid };
 
   const started: { target: Target; running: RunningTarget }[] = [];
   for (const make of targets) {
@@ -242,6 +248,7 @@ async function main(): Promise<void> {
       minted = `  (${pool.sets.length} proofs minted in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
     }
     const cpuBefore = processCpuMicros(running.pid);
+    const helperBefore = running.helperPid && processCpuMicros(running.helperPid.pid);
     const loadOptions: LoadOptions = {
       url: running.url,
       headers: await running.headers(),
@@ -253,6 +260,7 @@ async function main(): Promise<void> {
     };
     const result = GENERATOR === 'wrk' ? await runWrk({ ...loadOptions, poolFile: join(tmpDir!, 'wrk-pool.txt') }) : await runAutocannon(loadOptions);
     const cpuAfter = processCpuMicros(running.pid);
+    const helperAfter = running.helperPid && processCpuMicros(running.helperPid.pid);
     const cpuUsPerRequest = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / result.responses;
     const problems = problemsOf(result);
     if (result.overrun > 0 && pool!.singleUse) {
@@ -264,8 +272,10 @@ async function main(): Promise<void> {
     if (problems !== undefined) throw new BenchFailure(`${name}, ${what}: ${problems}`);
     fastest.set(name, Math.max(fastest.get(name) ?? 0, result.responses / durationS));
     if (pool !== undefined) minted += `, ${result.responses} used)`;
+    const helperCpu =
+      helperBefore === undefined || helperAfter === undefined ? '' : `  (${running.helperPid!.name} ${((helperAfter - helperBefore) / result.responses).toFixed(0)})`;
     const cpu =
-      (cpuUsPerRequest === undefined ? '' : `  ${cpuUsPerRequest.toFixed(0)} µs CPU/req`) +
+      (cpuUsPerRequest === undefined ? '' : `  ${cpuUsPerRequest.toFixed(0)} µs CPU/req${helperCpu}`) +
       `  (load generator ${(result.generatorCpuMicros / result.responses).toFixed(0)})`;
     log(`  ${what.padEnd(8)} ${name.padEnd(20)} ${result.reqPerSec.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms${cpu}${minted}`);
     // Let the last run's sockets close before the next target's run starts.
@@ -280,6 +290,19 @@ async function main(): Promise<void> {
   for (let round = 1; round <= ROUNDS; round++) {
     for (const { target, running } of shuffled(started, nextRandom)) {
       results.get(target.name)!.push(await load(target.name, running, DURATION_S, `round ${round}`));
+    }
+  }
+
+  // The limit targets' latency below saturation: open loop at a fixed rate, interleaved.
+  const fixedRate = new Map<string, FixedRateResult[]>();
+  const atRate = started.filter(({ target }) => [GATEWAY, GATEWAY_LIMIT_REDIS, GATEWAY_LIMIT_MEMORY].includes(target.name));
+  for (let round = 1; atRate.length > 1 && round <= ROUNDS; round++) {
+    for (const { target, running } of shuffled(atRate, nextRandom)) {
+      const r = await runFixedRate({ url: running.url, headers: await running.headers(), ratePerS: FIXED_RATE, durationS: DURATION_S, connections: CONNECTIONS });
+      if (r.ok !== r.sent) throw new BenchFailure(`${target.name}, fixed rate round ${round}: ${r.sent - r.ok} of ${r.sent} requests not answered 2xx`);
+      log(`  ${`rate ${round}`.padEnd(8)} ${target.name.padEnd(20)} ${FIXED_RATE} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms`);
+      fixedRate.set(target.name, [...(fixedRate.get(target.name) ?? []), r]);
+      await sleep(250);
     }
   }
 
@@ -338,11 +361,27 @@ async function main(): Promise<void> {
     const added = (key: 'p50Ms' | 'p99Ms'): string => median(a.map((r, i) => r[key] - b[i]![key])).toFixed(2);
     return `${target}/jwt ratio: ${(summaries.get(target)!.reqPerSec / jwtRps).toFixed(2)} / ${perRound(target, GATEWAY)} (target ≥ 0.85); added p50 ${added('p50Ms')} ms, added p99 ${added('p99Ms')} ms (target ≤ 1 ms)\n`;
   };
-  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}`;
+  // Below saturation: each target's median p50/p99 over the fixed-rate rounds, and the added
+  // latency as the median of within-round differences to the route without the tier.
+  const rateLine = (target: string): string => {
+    const a = fixedRate.get(target);
+    const b = fixedRate.get(GATEWAY);
+    if (a === undefined || b === undefined) return '';
+    const added = (key: 'p50Ms' | 'p99Ms'): string => median(a.map((r, i) => r[key] - b[i]![key])).toFixed(2);
+    return `  ${target}: p50 ${median(a.map((r) => r.p50Ms)).toFixed(2)} ms, p99 ${median(a.map((r) => r.p99Ms)).toFixed(2)} ms; added p50 ${added('p50Ms')} ms, added p99 ${added('p99Ms')} ms (target ≤ 1 ms)\n`;
+  };
+  const rateLines =
+    fixedRate.size === 0
+      ? ''
+      : `at a fixed ${FIXED_RATE} req/s, open loop (latency from each request's scheduled time; medians of ${ROUNDS} rounds):\n` +
+        `  ${GATEWAY}: p50 ${median(fixedRate.get(GATEWAY)!.map((r) => r.p50Ms)).toFixed(2)} ms, p99 ${median(fixedRate.get(GATEWAY)!.map((r) => r.p99Ms)).toFixed(2)} ms\n` +
+        rateLine(GATEWAY_LIMIT_REDIS) +
+        rateLine(GATEWAY_LIMIT_MEMORY);
+  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}${rateLines}`;
   const table = `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'CPU µs/req', 'req/s per round'], rows)}\n\n` +
     `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n`;
   if (ONLY_LIMITS) {
-    process.stdout.write(table + limitLines);
+    process.stdout.write(table + limitLines + (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`));
     return;
   }
   const dpopRps = summaries.get(GATEWAY_DPOP)!.reqPerSec;
@@ -359,6 +398,7 @@ async function main(): Promise<void> {
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} / ${perRound(GATEWAY_POLICIES, GATEWAY_ALLOW_ALL)} (target ≥ 0.90)\n` +
       limitLine(GATEWAY_LIMIT_REDIS) +
       limitLine(GATEWAY_LIMIT_MEMORY) +
+      rateLines +
       `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
       `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
       (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`) +

@@ -16,6 +16,8 @@ export interface RunningTarget {
   readonly url: string;
   /** The process serving `url` (the gateway, the bare proxy, the echo): its CPU per request is reported. */
   readonly pid: number;
+  /** Another process this target's requests make work for (its Redis): its CPU per request is reported beside. */
+  readonly helperPid?: { readonly name: string; readonly pid: number };
   /** Called once before every load run: the headers every request of the run carries. */
   headers(): Record<string, string> | Promise<Record<string, string>>;
   /**
@@ -55,6 +57,7 @@ export interface BenchFixture {
   readonly tmpDir: string;
   /** A redis-server of the bench's own (redis://127.0.0.1:port), for the Redis-backed targets. */
   readonly redisUrl: string;
+  readonly redisPid: number;
 }
 
 const BENCH_DIR = import.meta.dirname;
@@ -232,14 +235,14 @@ function policyTarget(fx: BenchFixture, name: string, dir: string, files: readon
  * loopback); and the same tier in memory, the embedded default.
  */
 export function gatewayLimitRedis(fx: BenchFixture): Target {
-  return limitTarget(fx, 'zt-gateway jwt+limit redis', 'limit-redis', { redis: { url: fx.redisUrl } });
+  return limitTarget(fx, 'zt-gateway jwt+limit redis', 'limit-redis', { redis: { url: fx.redisUrl } }, { name: 'redis', pid: fx.redisPid });
 }
 
 export function gatewayLimitMemory(fx: BenchFixture): Target {
   return limitTarget(fx, 'zt-gateway jwt+limit memory', 'limit-memory', { store: 'memory' });
 }
 
-function limitTarget(fx: BenchFixture, name: string, dir: string, store: Record<string, unknown>): Target {
+function limitTarget(fx: BenchFixture, name: string, dir: string, store: Record<string, unknown>, helperPid?: RunningTarget['helperPid']): Target {
   return {
     name,
     async start(opts) {
@@ -252,7 +255,7 @@ function limitTarget(fx: BenchFixture, name: string, dir: string, store: Record<
         },
         opts,
       );
-      return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
+      return { url: gateway.url, pid: gateway.pid, ...(helperPid && { helperPid }), headers: bearer(fx), stop: gateway.stop };
     },
   };
 }
