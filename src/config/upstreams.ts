@@ -2,31 +2,12 @@
 // a CompiledUpstream with its endpoints and protection settings, defaults applied. A route
 // whose upstream is a URL gets an upstream of its own, named "route:<route>" (a colon cannot
 // appear in a configured name, so the two never collide), with one endpoint "default".
-import type { BreakerConfig, Config, RouteConfig, UpstreamConfig } from './schema.ts';
+import type { Config, RouteConfig, UpstreamConfig } from './schema.ts';
+import type { GuardEndpoint, GuardUpstream } from '../pipeline/upstream-guard.ts';
 
-export interface CompiledEndpoint {
-  /** "<upstream>/<endpoint>": unique across the gateway, the breaker's and the metrics' label. */
-  readonly id: string;
-  readonly upstream: string;
-  readonly name: string;
-  /** e.g. "http://10.0.0.5:8080". */
-  readonly origin: string;
-  /** The URL's path without a trailing slash ("" for none): prepended to forwarded paths. */
-  readonly basePath: string;
-  /** Lower is preferred. */
-  readonly priority: number;
-}
-
-export interface CompiledUpstream {
-  readonly name: string;
-  readonly endpoints: readonly CompiledEndpoint[];
-  /** Bulkhead: requests in flight to this upstream. */
-  readonly maxInFlight: number;
-  /** Fair share: requests in flight per principal (subject + device). */
-  readonly maxInFlightPerPrincipal: number;
-  readonly breaker: Required<BreakerConfig>;
-  readonly retry: { readonly attempts: number; readonly budgetPercent: number; readonly minRetryConcurrency: number };
-}
+/** The compiled forms are the upstream guard's own input types (pipeline/upstream-guard.ts). */
+export type CompiledEndpoint = GuardEndpoint;
+export type CompiledUpstream = GuardUpstream;
 
 // The defaults the schema's descriptions state (schema.ts: Ajv fills none inside a union).
 // maxInFlightPerPrincipal 64: above the benchmark's 50 connections from one token, below the

@@ -41,3 +41,8 @@ export interface Identity {
   /** Seconds since epoch. */
   readonly expiresAt: number | undefined;
 }
+
+/** A posture as policies and the identity assertion name its fields (snake case, `trust`). */
+export function postureFields(p: DevicePosture): { managed: boolean; disk_encrypted: boolean; os: string; os_version: string; trust: TrustLevel } {
+  return { managed: p.managed, disk_encrypted: p.diskEncrypted, os: p.os, os_version: p.osVersion, trust: p.trustLevel };
+}

@@ -15,7 +15,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK, type CryptoKey } from 'jose';
-import type { DeviceContext, Identity } from '../core/domain.ts';
+import { postureFields, type DeviceContext, type Identity } from '../core/domain.ts';
 
 /** The assertion settings (the config's `assertion` section, config/schema.ts). */
 export interface AssertionOptions {
@@ -95,13 +95,7 @@ function deviceClaim(device: DeviceContext | undefined): Record<string, unknown>
     enrolled: device.enrolled,
     owner_match: device.ownerMatches,
     stale: device.stale,
-    posture: posture && {
-      managed: posture.managed,
-      disk_encrypted: posture.diskEncrypted,
-      os: posture.os,
-      os_version: posture.osVersion,
-      trust: posture.trustLevel,
-    },
+    posture: posture && postureFields(posture),
   };
 }
 

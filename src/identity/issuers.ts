@@ -4,16 +4,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 
-export interface CompiledIssuer {
-  readonly name: string;
-  readonly issuer: string;
-  readonly audiences: readonly string[];
-  readonly algorithms: readonly string[];
-  /** Skew allowed on nbf, iat and auth_time; exp is honoured to the second (identity/claims.ts). */
-  readonly clockToleranceS: number;
-  readonly groupsClaim: string;
-  /** Longest exp - iat (or exp - now without iat) accepted from this issuer. */
-  readonly maxTokenLifetimeS: number;
+export interface CompiledIssuer extends Pick<IssuerOptions, 'name' | 'issuer' | 'audiences' | 'algorithms' | 'clockToleranceS' | 'groupsClaim' | 'maxTokenLifetimeS'> {
   /** A key resolver for jwtVerify, or the shared secret for HS* issuers. */
   readonly key: JWTVerifyGetKey | Uint8Array;
   /** Present for remote JWKS: lets readiness probe the issuer. */
@@ -39,8 +30,10 @@ export interface IssuerOptions {
   readonly issuer: string;
   readonly audiences: readonly string[];
   readonly algorithms: readonly string[];
+  /** Skew allowed on nbf, iat and auth_time; exp is honoured to the second (identity/claims.ts). */
   readonly clockToleranceS: number;
   readonly groupsClaim: string;
+  /** Longest exp - iat (or exp - now without iat) accepted from this issuer. */
   readonly maxTokenLifetimeS: number;
   /** Exactly one of secret, jwksFile (relative to the config's directory) and jwksUrl. */
   readonly secret?: string;

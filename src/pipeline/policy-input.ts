@@ -1,5 +1,6 @@
 // The authz stage's half of the policy contract: a request context mapped onto the policy
 // engine's own input type (policy/input.ts), so the engine never sees a request.
+import { postureFields } from '../core/domain.ts';
 import type { PolicyInput } from '../policy/input.ts';
 import type { RequestContext } from './context.ts';
 
@@ -82,14 +83,7 @@ export function toPolicyInput(ctx: RequestContext, now: Date): PolicyInput {
             binding: device.binding,
             enrolled: device.enrolled,
             owner_match: device.ownerMatches,
-            posture: posture && {
-              managed: posture.managed,
-              disk_encrypted: posture.diskEncrypted,
-              os: posture.os,
-              os_version: posture.osVersion,
-              trust: posture.trustLevel,
-              last_check_in: validDate(posture.lastCheckIn),
-            },
+            posture: posture && { ...postureFields(posture), last_check_in: validDate(posture.lastCheckIn) },
             stale: device.stale,
             fingerprint_changed: device.fingerprintChanged,
           },
