@@ -174,7 +174,9 @@ describe('limits shared through Redis', () => {
   afterAll(() => redis?.stop());
 
   it('is exact across two gateway instances: many concurrent clients on one key admit exactly the limit', async () => {
-    const shared = config({ redis: { url: redis.url }, limits: { tiers: { twenty: { limit: 20, per: '1h', key: ['route'] } } }, routes: [
+    // A deadline no busy machine misses: past it a check would take its failure mode (local),
+    // which is the next test's subject, not this one's.
+    const shared = config({ redis: { url: redis.url }, limits: { timeoutMs: 2000, tiers: { twenty: { limit: 20, per: '1h', key: ['route'] } } }, routes: [
       { name: 'hot', pathPrefix: '/hot/', upstream: echo.url, limits: ['twenty'] },
     ] });
     const [a, b] = await Promise.all([startTestGateway(shared), startTestGateway(shared)]);
@@ -337,6 +339,7 @@ describe('limits on a Redis Cluster', () => {
     const clustered = config({
       limits: {
         redis: { cluster: seeds },
+        timeoutMs: 2000, // as above: exactness here, not the failure modes
         tiers: { five: { limit: 5, per: '1h', key: ['subject'] }, 'five-route': { limit: 50, per: '1h', key: ['subject', 'route'] } },
       },
       routes: [{ name: 'limited', pathPrefix: '/limited/', upstream: echo.url, limits: ['five', 'five-route'] }],
