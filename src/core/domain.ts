@@ -41,3 +41,14 @@ export interface Identity {
   /** Seconds since epoch. */
   readonly expiresAt: number | undefined;
 }
+
+/** The anomaly model's view of one request (pipeline/risk.ts); policies read it as `risk`. */
+export interface RiskResult {
+  /** In [0, 1]; higher is more unusual for this principal. */
+  readonly score: number;
+  /** Over the configured threshold (risk.threshold, else the model's). */
+  readonly flagged: boolean;
+  /** Feature names contributing most to the score, largest first. */
+  readonly topFeatures: readonly string[];
+  readonly modelVersion: string;
+}
