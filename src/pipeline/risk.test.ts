@@ -130,6 +130,31 @@ describe('the risk stage', () => {
   });
 });
 
+describe('observeRiskResponse after the stage', () => {
+  it('a flagged request the policy refused is not folded in on the response side (no feedback loop), and the trace line says so', () => {
+    const extractor = createFeatureExtractor();
+    const errShare = FEATURE_NAMES.indexOf('err4xx_1m');
+    const refused = (flagged: boolean, effect: 'deny' | 'step_up', t: number) => {
+      const c = ctx({ sub: 'alice' });
+      extractor.observe({ ts: t, principal: 'alice', device: '', ip: '10.1.2.3', method: 'GET', path: '/' });
+      c.riskObserved = { ts: t, principal: 'alice' };
+      c.risk = { score: flagged ? 0.95 : 0.1, flagged, topFeatures: [], modelVersion: 'm' };
+      c.decision = { effect } as RequestContext['decision'];
+      return observeRiskResponse(extractor, c, effect === 'deny' ? 403 : 401, 10, () => t);
+    };
+    for (let i = 0; i < 5; i++) expect(refused(true, i % 2 ? 'deny' : 'step_up', 1_000 + i)).toMatchObject({ refusedOnRisk: true });
+    const probe = (t: number) => extractor.observe({ ts: t, principal: 'alice', device: '', ip: '10.1.2.3', method: 'GET', path: '/' })[errShare]!;
+    expect(probe(2_000)).toBe(0);
+    // An unflagged refusal (a rule about something else) is evidence like any response.
+    expect(refused(false, 'deny', 3_000)).not.toHaveProperty('refusedOnRisk');
+    expect(probe(3_001)).toBeGreaterThan(0.5);
+    // The offline replay skips the same responses.
+    const offline = createFeatureExtractor();
+    replayLine(offline, { ts: 1, principal: 'alice', device: '', ip: '10.1.2.3', method: 'GET', path: '/', status: 403, bytes: 0, refusedOnRisk: true }, () => undefined);
+    expect(offline.observe({ ts: 2, principal: 'alice', device: '', ip: '10.1.2.3', method: 'GET', path: '/' })[errShare]).toBe(0);
+  });
+});
+
 describe('observeRiskResponse for requests refused before the stage', () => {
   it('a 401 is one trace line with authFailure, feeding the cross-principal failure counters', () => {
     const extractor = createFeatureExtractor();

@@ -90,7 +90,15 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
 export function observeRiskResponse(extractor: FeatureExtractor, ctx: RequestContext, status: number, bytes: number, now: () => number): TraceEvent | undefined {
   const seen = ctx.riskObserved;
   if (seen !== undefined) {
-    const line: TraceEvent = { ...requestEvent(ctx, seen.ts, false), status, bytes, denied: ctx.decision?.effect === 'deny' };
+    const effect = ctx.decision?.effect;
+    // The model's own verdict is not evidence. A refusal of a flagged request (deny or
+    // step-up) folded in would raise the 4xx and deny shares that flagged it, and a flagged
+    // principal would stay flagged: measured, a step-up rule on risk.flagged kept a user
+    // refused a whole day after a one-minute flood. Its request side is history already.
+    if (ctx.risk?.flagged === true && (effect === 'deny' || effect === 'step_up')) {
+      return { ...requestEvent(ctx, seen.ts, false), status, bytes, denied: effect === 'deny', refusedOnRisk: true };
+    }
+    const line: TraceEvent = { ...requestEvent(ctx, seen.ts, false), status, bytes, denied: effect === 'deny' };
     extractor.observeResponse(line);
     return line;
   }

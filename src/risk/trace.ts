@@ -60,6 +60,7 @@ export function parseTraceLine(text: string, opts: { label?: boolean } = {}): Tr
     ...(typeof o.denied === 'boolean' && { denied: o.denied }),
     ...(typeof o.authFailure === 'boolean' && { authFailure: o.authFailure }),
     ...(typeof o.fingerprintChanged === 'boolean' && { fingerprintChanged: o.fingerprintChanged }),
+    ...(o.refusedOnRisk === true && { refusedOnRisk: true }),
     ...(typeof o.label === 'string' && { label: o.label }),
     ...(typeof o.context === 'string' && { context: o.context }),
   };
