@@ -28,8 +28,9 @@ export const MODEL_USAGE = `usage: ztgw model <command> [options]
         same figures for a per-principal request-rate z-score baseline
 
   Trace lines: {"ts": epoch-ms, "principal", "device", "ip", "method", "path", "status", "bytes"}
-  (+ "label": "benign" or a family name, for eval); other fields are ignored. A line that does
-  not read is reported with its line number (exit 2) and nothing is written.
+  (+ "label": "benign" or a family name, for eval); authFailure, denied, fingerprintChanged and
+  refusedOnRisk are read when true, other fields ignored. A line that does not read is reported
+  with its line number (exit 2) and nothing is written.
   --model FILE        default models/anomaly.onnx of this checkout
   --meta FILE         default: the model's name with .meta.json for .onnx
   --max-principals N  principals the extractor keeps (LRU), as the gateway's risk.maxPrincipals;

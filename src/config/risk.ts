@@ -89,10 +89,9 @@ async function load(risk: NonNullable<Config['risk']>, deps: RiskCompileDeps): P
   };
 }
 
-const describe = (err: unknown): string => {
-  const e = err as Error;
-  return e.cause instanceof Error ? `${e.message} (${e.cause.message})` : e.message;
-};
+/** The reason, with the library's own words unless the file is simply missing. */
+const describe = (err: RiskModelError): string =>
+  err.reason !== 'missing' && err.cause instanceof Error ? `${err.message} (${err.cause.message})` : err.message;
 
 /**
  * The risk part of a Runtime; undefined without a risk section (or enabled: false). Throws

@@ -1,6 +1,7 @@
 // `ztgw model score|eval` as an operator runs them: real processes, exit codes, files.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -132,5 +133,28 @@ describe('ztgw model eval', () => {
     const r = await ztgw(['model', 'eval', '--traces', join(dir, 'nolabel.jsonl')]);
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('nolabel.jsonl:2: "label" must be a string');
+  });
+});
+
+describe('ztgw serve with a risk section', () => {
+  it('a missing model under onModelError: fail is a startup error naming it, exit 2', async () => {
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    writeFileSync(join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'k', alg: 'ES256' }] }));
+    writeFileSync(
+      join(dir, 'gw.yaml'),
+      `server:
+  listen: { host: 127.0.0.1, port: 0 }
+  admin: { host: 127.0.0.1, port: 0 }
+identity:
+  issuers: [{ name: corp, issuer: https://idp.test.local/, audiences: [zt-gateway], algorithms: [ES256], jwksFile: jwks.json }]
+routes: [{ name: echo, pathPrefix: /echo/, upstream: http://127.0.0.1:9 }]
+risk: { model: models/missing.onnx }
+`,
+    );
+    const r = await ztgw(['serve', '--config', join(dir, 'gw.yaml')]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain(`${join(dir, 'models/missing.onnx')}: no such file`);
+    expect(r.stderr).toContain('risk.model');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });
