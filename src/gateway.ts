@@ -15,7 +15,7 @@ import { buildAdminPlane } from './admin/admin-plane.ts';
 import { loadAdminCredential } from './admin/admin-token.ts';
 import { createLoggers, LogFileError, type Loggers } from './observability/logging.ts';
 import { createMetrics, type GatewayMetrics } from './observability/metrics.ts';
-import { buildDataPlane } from './server/data-plane.ts';
+import { buildDataPlane, type RiskTraceLine } from './server/data-plane.ts';
 import type { Evaluator } from './policy/evaluate.ts';
 import { watchPolicyDir, type PolicyDirWatch } from './policy/source.ts';
 import { createServices, type Services } from './config/services.ts';
@@ -27,7 +27,15 @@ export interface GatewayOptions {
   /** Where logs go; stdout by default. */
   readonly logDestination?: DestinationStream;
   readonly now?: () => number;
+  /** Every request the risk model saw, as a trace line with its score, when its response ends (tests, debugging). */
+  readonly onRiskTrace?: (line: RiskTraceLine) => void;
 }
+
+/**
+ * How long a replaced risk model stays open: requests that started on the old Runtime and
+ * have not reached the risk stage yet still score with it (authn may wait on a JWKS fetch).
+ */
+const RETIRED_MODEL_GRACE_MS = 30_000;
 
 /** The running policy set (holder.current's) and why the last reload failed; undefined without a policies section. */
 export interface PolicyView {
@@ -109,7 +117,29 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const isDraining = () => draining;
 
   const drainDeadline = new AbortController();
-  const data = buildDataPlane({ holder, logger, accessLogger: access, metrics, isDraining, drainDeadline: drainDeadline.signal, configDir: initial.dir });
+  const data = buildDataPlane({
+    holder,
+    logger,
+    accessLogger: access,
+    metrics,
+    isDraining,
+    drainDeadline: drainDeadline.signal,
+    configDir: initial.dir,
+    now: opts.now,
+    onRiskTrace: opts.onRiskTrace,
+  });
+  // Replaced risk models, each closed after its grace, or at once by close().
+  const retiring = new Map<NonNullable<NonNullable<Runtime['risk']>['loaded']>, NodeJS.Timeout>();
+  const closeRetired = (model: NonNullable<NonNullable<Runtime['risk']>['loaded']>): Promise<void> => {
+    clearTimeout(retiring.get(model));
+    retiring.delete(model);
+    return model.close().catch((err: unknown) => logger.warn({ err }, 'closing a replaced risk model failed'));
+  };
+  const retireModel = (old: Runtime, next: Runtime): void => {
+    const model = old.risk?.loaded;
+    if (model === undefined || model === next.risk?.loaded || retiring.has(model)) return;
+    retiring.set(model, setTimeout(() => void closeRetired(model), RETIRED_MODEL_GRACE_MS).unref());
+  };
   const admin = buildAdminPlane({
     holder,
     services,
@@ -126,6 +156,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   } catch (err) {
     await data.close();
     holder.current.upstreamGuard.shutdown();
+    await holder.current.risk?.loaded?.close();
     await services.close();
     throw err;
   }
@@ -155,6 +186,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       if (draining) {
         // Not swapped in: its breakers (adopted from the running guard) stop with it.
         if (runtime.upstreamGuard !== running.upstreamGuard) runtime.upstreamGuard.shutdown();
+        if (runtime.risk?.loaded !== undefined && runtime.risk.loaded !== running.risk?.loaded) await runtime.risk.loaded.close();
         return undefined;
       }
       // Certificates rotate with the Runtime: new TLS connections get the new pair.
@@ -165,6 +197,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       // The replaced guard's breakers stop (those the new one adopted live on); requests still
       // running on the old Runtime finish with it, unrefused.
       if (runtime.upstreamGuard !== running.upstreamGuard) running.upstreamGuard.shutdown();
+      retireModel(running, runtime);
       failures.policies = undefined;
       if (kind === 'config') failures.config = undefined;
       followPolicyDir();
@@ -241,6 +274,9 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       }
       await admin.close();
       holder.current.upstreamGuard.shutdown();
+      // Nothing scores any more: replaced models close now, not after their grace.
+      await Promise.all([...retiring.keys()].map(closeRetired));
+      await holder.current.risk?.loaded?.close();
       await services.close();
       logger.info({ outcome }, 'gateway stopped');
       await loggers.flush(); // every line written before close() resolves, whatever exits next

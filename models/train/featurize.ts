@@ -14,6 +14,7 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { createFeatureExtractor, FEATURE_COUNT, FEATURE_NAMES, FEATURE_SPEC_HASH, replayLine, type TraceEvent } from '../../src/risk/features.ts';
 import { FAMILIES } from './generate.ts';
+import { eventOrder } from '../../src/risk/trace.ts';
 
 export interface Featurized {
   readonly n: number;
@@ -32,11 +33,7 @@ export async function readTrace(file: string): Promise<(TraceEvent & { label?: s
   return out;
 }
 
-/** Input line order of a trace sorted by event time (stable: ties keep input order). */
-export function eventOrder(lines: readonly { ts: number }[]): Uint32Array {
-  const idx = Uint32Array.from(lines.keys());
-  return idx.sort((a, b) => lines[a]!.ts - lines[b]!.ts || a - b);
-}
+export { eventOrder };
 
 export function featurize(lines: readonly (TraceEvent & { label?: string; context?: string })[]): Featurized {
   const n = lines.length;

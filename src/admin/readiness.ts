@@ -76,6 +76,18 @@ function checkPolicies(policies: NonNullable<Runtime['policies']>, lastReloadErr
   return { name: 'policies', ok: true, detail: lastReloadError === undefined ? active : `${active}; last reload failed (kept the active set):\n${lastReloadError}` };
 }
 
+/**
+ * The anomaly model. Never a reason to take the instance out: without scores requests are
+ * still authenticated and decided (policies reading risk fail closed). Degraded when no model
+ * scores, or when a new model was refused and the running one kept.
+ */
+function checkRisk(risk: NonNullable<Runtime['risk']>): CheckResult {
+  const loaded = risk.loaded;
+  const active = loaded === undefined ? 'no model: requests are not scored' : `model ${loaded.model.version} (${loaded.contentHash}), threshold ${risk.threshold}`;
+  if (risk.error === undefined) return { name: 'risk-model', ok: true, detail: active };
+  return { name: 'risk-model', ok: true, degraded: true, detail: `${active}; ${risk.error}` };
+}
+
 export async function checkReadiness(runtime: Runtime | undefined, draining: boolean, redis?: Redis, lastReloadError?: string): Promise<Readiness> {
   const checks: CheckResult[] = [
     { name: 'config', ok: runtime !== undefined, detail: runtime ? `version ${runtime.version}` : 'not loaded' },
@@ -84,6 +96,7 @@ export async function checkReadiness(runtime: Runtime | undefined, draining: boo
   if (runtime !== undefined) checks.push(...(await checkIssuerKeys(runtime)));
   if (redis !== undefined) checks.push(await checkRedis(redis));
   if (runtime?.policies !== undefined) checks.push(checkPolicies(runtime.policies, lastReloadError));
+  if (runtime?.risk !== undefined) checks.push(checkRisk(runtime.risk));
   if (runtime !== undefined) checks.push(...checkBreakers(runtime));
   return { ready: checks.every((c) => c.ok), checks };
 }

@@ -41,6 +41,8 @@ const USAGE = `usage: ztgw <command> [options]      (ztgw <command> --help for i
                            send one request with a DPoP-bound token and a fresh proof
   policy validate|test|explain|replay [options]
                            the security team's policy tooling (ztgw policy help)
+  model score|eval --traces FILE [options]
+                           the anomaly model on request traces (ztgw model help)
   --version                print the version
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad input (invalid config or arguments).
@@ -95,6 +97,7 @@ const COMMAND_USAGE: Record<string, string> = {
 async function usageOf(command: string): Promise<string | undefined> {
   if (command === 'device') return (await import('./device.ts')).DEVICE_USAGE;
   if (command === 'policy') return (await import('./policy.ts')).POLICY_USAGE;
+  if (command === 'model') return (await import('./model.ts')).MODEL_USAGE;
   return Object.hasOwn(COMMAND_USAGE, command) ? COMMAND_USAGE[command] : undefined;
 }
 
@@ -370,6 +373,9 @@ export async function main(argv: string[]): Promise<void> {
       return device(args);
     case 'policy':
       process.exitCode = await (await import('./policy.ts')).runPolicyCommand(args, process.stdout, process.stderr);
+      return;
+    case 'model':
+      process.exitCode = await (await import('./model.ts')).runModelCommand(args, process.stdout, process.stderr);
       return;
     case '--version':
     case '-v':

@@ -37,6 +37,8 @@ import { createEvaluator, type Evaluator } from '../policy/evaluate.ts';
 import { loadPolicyDirAsync, type KnownNames, type PolicyFileCache } from '../policy/load.ts';
 import { ConfigError, type ConfigIssue } from '../core/diagnostics.ts';
 import { stableJson } from './reload.ts';
+import { compileRisk, type RuntimeRisk } from './risk.ts';
+import { createRiskStage } from '../pipeline/risk.ts';
 
 export interface Runtime {
   readonly config: Readonly<Config>;
@@ -58,6 +60,8 @@ export interface Runtime {
    * previous Runtime's guard (state survives a reload); gateway.ts shuts the replaced one down.
    */
   readonly upstreamGuard: UpstreamGuard;
+  /** The anomaly model and the feature histories, when the config has an enabled risk section. */
+  readonly risk: RuntimeRisk | undefined;
   /** The data plane's certificate material as read for this Runtime (rotation: re-read on reload). */
   readonly tls: TlsMaterial | undefined;
   /** What the next compile may reuse, each under the key of what it was built from. */
@@ -114,14 +118,30 @@ export interface CompileDeps {
   /** Directory relative paths in the config resolve against. */
   readonly configDir: string;
   /** Process-lifetime resources (Redis, registry, replay cache) the stages use. */
-  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'rateLimits'>;
+  readonly services: Pick<Services, 'registry' | 'replayCache' | 'fingerprints' | 'ephemeralKey' | 'rateLimits' | 'riskFeatures'>;
   /** The Runtime being replaced: its parts whose config did not change are reused. */
   readonly previous?: Runtime;
   /** Where decision lines go (unredacted: their fields are chosen, credentials excluded). */
   readonly decisionLog: Logger;
   /** The gateway's log (security events such as DPoP refusals). */
   readonly logger: Logger;
-  readonly metrics: Pick<GatewayMetrics, 'policyDecisions' | 'policyRuleErrors' | 'decisionLinesSuppressed' | 'dpopFailures' | 'rateLimitChecks' | 'breakerState' | 'upstreamRefusals' | 'upstreamRetries'>;
+  readonly metrics: Pick<
+    GatewayMetrics,
+    | 'policyDecisions'
+    | 'policyRuleErrors'
+    | 'decisionLinesSuppressed'
+    | 'dpopFailures'
+    | 'rateLimitChecks'
+    | 'breakerState'
+    | 'upstreamRefusals'
+    | 'upstreamRetries'
+    | 'riskScore'
+    | 'riskFlagged'
+    | 'riskUnscored'
+    | 'riskBatchRows'
+    | 'riskModelUp'
+    | 'riskModelLoads'
+  >;
   readonly now?: () => number;
 }
 
@@ -301,6 +321,15 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     }),
   );
   const decisionLines = decisionLinesFor(frozen, previous?.decisionLines);
+  // Late, after what can refuse the compile: a new model is loaded only for a Runtime that
+  // will be swapped in (gateway.ts closes the replaced one).
+  const risk = await compileRisk(frozen, {
+    configDir: deps.configDir,
+    extractor: deps.services.riskFeatures,
+    previous: deps.previous?.risk,
+    logger: deps.logger,
+    metrics: deps.metrics,
+  });
   const pipeline: PipelineStages = {
     hygiene: createHygieneStage({
       trust,
@@ -325,6 +354,7 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
       onDpopFailure,
       now,
     }),
+    risk: risk === undefined ? undefined : createRiskStageFor(risk, deps),
     authz: policies === undefined ? undefined : createPolicyStage(frozen, policies.evaluator, decisionLines!.value, deps),
     limit: createLimitStage({
       store: deps.services.rateLimits.store,
@@ -346,6 +376,7 @@ export async function compileRuntime(config: Config, deps: CompileDeps): Promise
     forwarding: compileForwardingPolicy(frozen.assertion.header),
     assertions: assertions.value,
     policies,
+    risk,
     tls,
     upstreams,
     upstreamGuard,
@@ -360,6 +391,34 @@ function decisionLinesFor(config: Config, previous: Keyed<DecisionLines> | undef
     recordLimits: compileRecordLimits(log.headers),
     lineBudget: createLineBudget({ perSecond: log.perPrincipalPerSecond, burst: log.perPrincipalBurst, maxKeys: 10_000 }),
   }));
+}
+
+/**
+ * Stage 5 over the Runtime's model. Inference errors are counted per request and logged at
+ * the 1st, 10th, 100th… of this Runtime's: a model failing on every request must not write a
+ * line per request.
+ */
+function createRiskStageFor(risk: RuntimeRisk, deps: CompileDeps): Stage {
+  let failures = 0;
+  let nextLogAt = 1;
+  return createRiskStage({
+    extractor: risk.extractor,
+    batcher: risk.loaded?.batcher,
+    threshold: risk.threshold,
+    modelVersion: risk.loaded?.model.version,
+    now: deps.now,
+    onScore: (ctx, r) => {
+      const route = ctx.route!.name;
+      deps.metrics.riskScore.series(route).observe(r.score);
+      if (r.flagged) deps.metrics.riskFlagged.inc(route);
+    },
+    onUnscored: (ctx, reason, err) => {
+      deps.metrics.riskUnscored.inc({ reason });
+      if (reason !== 'inference' || ++failures < nextLogAt) return;
+      nextLogAt *= 10;
+      deps.logger.error({ reqId: ctx.id, failures, err: (err as Error)?.cause ?? err }, 'risk model failed to score; requests go on without a risk score (policies reading it fail closed)');
+    },
+  });
 }
 
 /** Stage 6 for one policy set; everything else it needs comes from the config and lives as long as it. */

@@ -36,6 +36,8 @@ const RESTART_ONLY: readonly { readonly path: string; readonly of: (c: Config) =
   { path: 'devices.fingerprint', of: (c) => c.devices.fingerprint },
   { path: 'identity.dpop.replayCacheMaxEntries', of: (c) => [c.identity.dpop.replayCacheMaxEntries, c.identity.dpop.replayCacheKeyShare] },
   { path: 'policies.decisionLog.file', of: (c) => c.policies?.decisionLog.file },
+  // The feature extractor's histories live as long as the process (config/services.ts).
+  { path: 'risk.maxPrincipals', of: (c) => c.risk?.maxPrincipals ?? 20_000 },
 ];
 
 /** The restart-only fields that differ between the config running since start and `next`. */

@@ -501,6 +501,36 @@ const Policies = Type.Object(
   },
 );
 
+const Risk = Type.Object(
+  {
+    enabled: Type.Boolean({ default: true, description: 'Score requests with the anomaly model. false: no risk stage; policies see an empty risk object.' }),
+    model: Type.String({ minLength: 1, description: 'The ONNX model (e.g. models/anomaly.onnx), relative to this file. A reload that changes the path or the file\'s content loads, checks and swaps it.' }),
+    meta: Type.Optional(
+      Type.String({ minLength: 1, description: 'Its metadata (feature spec hash, thresholds, version), relative to this file. Default: the model\'s path with .meta.json for .onnx.' }),
+    ),
+    onModelError: Type.Union([Type.Literal('fail'), Type.Literal('degraded')], {
+      default: 'fail',
+      description:
+        'A model or metadata that is missing, corrupt or made for another feature extractor. fail: the gateway does not start (exit 2). degraded: it starts without scores (risk empty, policies reading risk fail closed), logged at error, ztgw_risk_model_up 0, shown on /readyz. A reload with a bad new model keeps the running one either way.',
+    }),
+    threshold: Type.Optional(
+      Type.Number({ exclusiveMinimum: 0, exclusiveMaximum: 1, description: 'Score above which risk.flagged is true. Default: the model metadata\'s thresholds.flag.' }),
+    ),
+    maxPrincipals: Type.Integer({
+      minimum: 1,
+      maximum: 10_000_000,
+      default: 20_000,
+      description: 'Principals whose feature history is kept in memory (LRU, ~1.4 KB each). Restart required to change.',
+    }),
+    maxBatch: Type.Integer({ minimum: 1, maximum: 4096, default: 64, description: 'Rows scored in one model run at most (micro-batching).' }),
+  },
+  {
+    ...Strict,
+    description:
+      'Anomaly scoring (stage 5, between device and policy): per-principal features, scored by an ONNX model, as risk.score, risk.flagged, risk.top_features and risk.model_version for policies, the decision log and the identity assertion.',
+  },
+);
+
 export const ConfigSchema = Type.Object(
   {
     $schema: Type.Optional(Type.String()),
@@ -511,6 +541,7 @@ export const ConfigSchema = Type.Object(
     redis: Type.Optional(Redis),
     assertion: Assertion,
     policies: Type.Optional(Policies),
+    risk: Type.Optional(Risk),
     limits: Limits,
     upstreams: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), Type.Union([UPSTREAM_URL, UpstreamObject]), {
       default: {},
@@ -533,6 +564,7 @@ export type DpopConfig = Static<typeof Dpop>;
 export type DevicesConfig = Static<typeof Devices>;
 export type AssertionConfig = Static<typeof Assertion>;
 export type PoliciesConfig = Static<typeof Policies>;
+export type RiskConfig = Static<typeof Risk>;
 
 /** The schema as plain JSON (TypeBox adds symbol keys that JSON drops). */
 export function jsonSchema(schema: TSchema = ConfigSchema): unknown {

@@ -19,6 +19,7 @@ import { createMemoryStore } from '../limits/memory-store.ts';
 import { createRedisStore, rateLimitRedisOptions } from '../limits/redis-store.ts';
 import { createResilientStore, type StoreState } from '../limits/resilient.ts';
 import type { RateLimitStore } from '../limits/store.ts';
+import { createFeatureExtractor, type FeatureExtractor } from '../risk/features.ts';
 
 export interface Services {
   readonly redis: Redis | undefined;
@@ -29,6 +30,12 @@ export interface Services {
   readonly rateLimits: RateLimitService;
   /** Signs assertions when no keys are configured (single instance, demo). */
   readonly ephemeralKey: SigningKey;
+  /**
+   * The risk model's per-principal histories. They outlive every reload and model swap: a new
+   * Runtime (or model) scores from the same history, not from a blank one every attacker
+   * would enjoy after each config push. Sized once (risk.maxPrincipals, restart-only).
+   */
+  readonly riskFeatures: FeatureExtractor;
   close(): Promise<void>;
 }
 
@@ -249,6 +256,7 @@ export async function createServices(config: Config, configDir: string, logger: 
     fingerprints: config.devices.fingerprint ? createFingerprintTracker({ maxDevices: 100_000 }) : undefined,
     rateLimits,
     ephemeralKey: await generateSigningKey(),
+    riskFeatures: createFeatureExtractor({ maxPrincipals: config.risk?.maxPrincipals ?? 20_000 }),
     async close() {
       await rateLimits.close();
       await registry.close();

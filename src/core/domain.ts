@@ -42,6 +42,17 @@ export interface Identity {
   readonly expiresAt: number | undefined;
 }
 
+/** The anomaly model's view of one request (pipeline/risk.ts); policies read it as `risk`. */
+export interface RiskResult {
+  /** In [0, 1]; higher is more unusual for this principal. */
+  readonly score: number;
+  /** Over the configured threshold (risk.threshold, else the model's). */
+  readonly flagged: boolean;
+  /** Feature names contributing most to the score, largest first. */
+  readonly topFeatures: readonly string[];
+  readonly modelVersion: string;
+}
+
 /** A posture as policies and the identity assertion name its fields (snake case, `trust`). */
 export function postureFields(p: DevicePosture): { managed: boolean; disk_encrypted: boolean; os: string; os_version: string; trust: TrustLevel } {
   return { managed: p.managed, disk_encrypted: p.diskEncrypted, os: p.os, os_version: p.osVersion, trust: p.trustLevel };

@@ -37,3 +37,28 @@ describe('identity assertion lifetime', () => {
     expect(decodeJwt(after).exp).toBeLessThanOrEqual(t0 / 1000 + 10);
   });
 });
+
+describe('the risk claim', () => {
+  const withRisk = (id: Identity, score: number, flagged: boolean) =>
+    ({ id: 'r1', identity: id, route: { name: 'echo' }, risk: { score, flagged } }) as unknown as RequestContext;
+
+  it('carries flagged and the score floored to 0.1; absent when the request was not scored', async () => {
+    const signer = createAssertionSigner({ ...config, reuseS: 0 }, [await generateSigningKey()]);
+    const id = identity(t0 / 1000 + 3600);
+    expect(decodeJwt(await signer.assertionFor(withRisk(id, 0.937, true), t0)).risk).toEqual({ score: 0.9, flagged: true });
+    expect(decodeJwt(await signer.assertionFor(withRisk(id, 0.05, false), t0)).risk).toEqual({ score: 0, flagged: false });
+    expect(decodeJwt(await signer.assertionFor(ctx(id), t0))).not.toHaveProperty('risk');
+  });
+
+  it('a reused assertion is reused only within the same score band and flag', async () => {
+    const signer = createAssertionSigner(config, [await generateSigningKey()]);
+    const id = identity(t0 / 1000 + 3600);
+    const low = await signer.assertionFor(withRisk(id, 0.12, false), t0);
+    expect(await signer.assertionFor(withRisk(id, 0.18, false), t0 + 1)).toBe(low);
+    const higher = await signer.assertionFor(withRisk(id, 0.21, false), t0 + 2);
+    expect(higher).not.toBe(low);
+    expect(decodeJwt(higher).risk).toEqual({ score: 0.2, flagged: false });
+    const flagged = await signer.assertionFor(withRisk(id, 0.21, true), t0 + 3);
+    expect(decodeJwt(flagged).risk).toEqual({ score: 0.2, flagged: true });
+  });
+});

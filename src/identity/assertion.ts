@@ -42,6 +42,8 @@ export interface AssertedRequest {
   readonly route?: { readonly name: string };
   /** Content hash of the policy set that allowed the request. */
   readonly policySet?: string;
+  /** The anomaly score (pipeline/risk.ts), when the request was scored. */
+  readonly risk?: { readonly score: number; readonly flagged: boolean };
 }
 
 export interface SigningKey {
@@ -107,7 +109,18 @@ function claimsOf(ctx: AssertedRequest): Record<string, unknown> {
     idp: identity?.issuer,
     dev: deviceClaim(ctx.device),
     pol: ctx.policySet, // the policy set that allowed the request
+    risk: riskClaim(ctx.risk),
   };
+}
+
+/**
+ * The risk claim: flagged, and the score in steps of 0.1 (floored). Coarse on purpose: a
+ * reusable assertion is keyed by it (reuseKey), and an exact score would make every request
+ * sign anew (~200 µs); the upstream's decisions need the band, the decision log has the score.
+ */
+function riskClaim(risk: AssertedRequest['risk']): { score: number; flagged: boolean } | undefined {
+  if (risk === undefined) return undefined;
+  return { score: Math.floor(risk.score * 10) / 10, flagged: risk.flagged };
 }
 
 /**
@@ -115,7 +128,8 @@ function claimsOf(ctx: AssertedRequest): Record<string, unknown> {
  * object): the route and, for a bound device, everything the device claim says.
  */
 function reuseKey(ctx: AssertedRequest, postureId: (posture: object | undefined) => number): string {
-  const route = ctx.policySet === undefined ? ctx.route!.name : `${ctx.route!.name}\u0000${ctx.policySet}`;
+  const risk = ctx.risk === undefined ? '' : `\u0000${Math.floor(ctx.risk.score * 10)}${ctx.risk.flagged ? 'f' : ''}`;
+  const route = (ctx.policySet === undefined ? ctx.route!.name : `${ctx.route!.name}\u0000${ctx.policySet}`) + risk;
   const device = ctx.device;
   if (device === undefined || device.binding === 'none') return route;
   return `${route}\u0000${device.id}\u0000${device.binding}\u0000${device.enrolled}\u0000${device.ownerMatches}\u0000${device.stale}\u0000${postureId(device.posture)}`;

@@ -1,6 +1,6 @@
 // Prometheus metrics, on a registry owned by one gateway instance (never prom-client's
 // global one), so two gateways in one process — tests, benchmarks — do not collide.
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LeanCounter, LeanHistogram } from './lean-metrics.ts';
 
 // Latency buckets in seconds: sub-millisecond resolution for the gateway's own overhead,
@@ -42,6 +42,18 @@ export interface GatewayMetrics {
   readonly upstreamRetries: Counter<'upstream' | 'result'>;
   /** Admin-plane requests refused: host (a foreign Host: DNS rebinding), origin (a web page elsewhere), token, bad_host. */
   readonly adminRefusals: Counter<'reason'>;
+  /** Anomaly scores of scored requests, by route. */
+  readonly riskScore: LeanHistogram;
+  /** Scored requests over the flag threshold, by route. */
+  readonly riskFlagged: LeanCounter<'route'>;
+  /** Requests left without a score, by reason: inference (the run failed), unavailable (no model: degraded). */
+  readonly riskUnscored: Counter<'reason'>;
+  /** Rows per model run (micro-batch sizes). */
+  readonly riskBatchRows: Histogram;
+  /** 1 while a model scores, 0 in degraded mode (risk.onModelError: degraded and no model). */
+  readonly riskModelUp: Gauge;
+  /** Model (re)loads, by result (ok, failed: the running model, or none, stays). */
+  readonly riskModelLoads: Counter<'result'>;
 }
 
 export function createMetrics(): GatewayMetrics {
@@ -157,6 +169,42 @@ export function createMetrics(): GatewayMetrics {
       name: 'ztgw_admin_refusals_total',
       help: 'Admin-plane requests refused, by reason: host (Host not one the admin plane answers: DNS rebinding), origin (a foreign Origin or Sec-Fetch-Site: a web page elsewhere), token (missing or wrong admin token), bad_host (missing, repeated or malformed Host).',
       labelNames: ['reason'],
+      registers,
+    }),
+    riskScore: new LeanHistogram({
+      name: 'ztgw_risk_score',
+      help: 'Anomaly scores in [0, 1] of scored requests, by route.',
+      label: 'route',
+      buckets: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+      registers,
+    }),
+    riskFlagged: new LeanCounter({
+      name: 'ztgw_risk_flagged_total',
+      help: 'Requests whose anomaly score was over the flag threshold (risk.flagged), by route.',
+      labelNames: ['route'],
+      registers,
+    }),
+    riskUnscored: new Counter({
+      name: 'ztgw_risk_unscored_total',
+      help: 'Requests on non-public routes left without a risk score (risk empty; policies reading it fail closed), by reason: inference (the model run failed), unavailable (no model loaded: degraded mode).',
+      labelNames: ['reason'],
+      registers,
+    }),
+    riskBatchRows: new Histogram({
+      name: 'ztgw_risk_batch_rows',
+      help: 'Rows scored per model run: concurrent requests share one run (micro-batching).',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+      registers,
+    }),
+    riskModelUp: new Gauge({
+      name: 'ztgw_risk_model_up',
+      help: '1 while the anomaly model scores requests, 0 while it is configured but not loaded (degraded mode).',
+      registers,
+    }),
+    riskModelLoads: new Counter({
+      name: 'ztgw_risk_model_loads_total',
+      help: 'Anomaly model loads at start and on reload, by result (failed: the running model, if any, stays; the reason is on /readyz).',
+      labelNames: ['result'],
       registers,
     }),
     tlsRenegotiationsRefused: new Counter({

@@ -1,14 +1,14 @@
 import { hash, randomUUID } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import type { DeviceContext, Identity } from '../core/domain.ts';
+import type { DeviceContext, Identity, RiskResult } from '../core/domain.ts';
 import type { Decision } from '../policy/evaluate.ts';
 import type { HeaderDenyList } from '../upstream/header-deny-list.ts';
 import type { ResponsePolicy } from './response-headers.ts';
 import type { CompiledTier } from '../limits/tiers.ts';
 import type { RateLimitHeaders } from '../limits/headers.ts';
 
-export type { DeviceContext, Identity } from '../core/domain.ts';
+export type { DeviceContext, Identity, RiskResult } from '../core/domain.ts';
 
 /** What a route compiles to: everything the request path needs, nothing it must re-derive. */
 export interface CompiledRoute {
@@ -112,6 +112,12 @@ export interface RequestContext {
   clientCertThumbprint?: string;
   /** A client certificate was presented but does not chain to the device CA (it has no thumbprint above). */
   clientCertUntrusted?: boolean;
+
+  // risk
+  /** The anomaly score (absent: public route, no risk section, degraded, or the run failed). */
+  risk?: RiskResult;
+  /** The request was folded into its principal's feature history at `ts` (the response is folded in with it). */
+  riskObserved?: { readonly ts: number; readonly principal: string };
 
   // authz
   /** The policy decision (absent on public routes and without a policies section). */

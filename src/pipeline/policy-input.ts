@@ -87,6 +87,9 @@ export function toPolicyInput(ctx: RequestContext, now: Date): PolicyInput {
             stale: device.stale,
             fingerprint_changed: device.fingerprintChanged,
           },
-    risk: {},
+    risk:
+      ctx.risk === undefined
+        ? {}
+        : { score: ctx.risk.score, flagged: ctx.risk.flagged, top_features: ctx.risk.topFeatures, model_version: ctx.risk.modelVersion },
   };
 }

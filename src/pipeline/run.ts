@@ -7,14 +7,14 @@ export interface PipelineStages {
   route: Stage; //   2 host + longest path prefix → route
   authn: Stage; //   3 access token (Bearer or DPoP) → identity
   device: Stage; //  4 DPoP proof / mTLS certificate binding → device (+ posture from the registry)
-  // 5 risk plugs in here when the anomaly model lands (shared/ARCHITECTURE.md).
+  risk: Stage | undefined; // 5 per-principal features → anomaly score (micro-batched) → risk; absent without a risk section
   authz: Stage | undefined; // 6 policy set (CEL, deny-overrides) → decision + obligations; absent without policies
   limit: Stage; //   7 rate-limit tiers of the route and the policy's obligation → 429 (one store round trip)
   assertion: Stage; // 8 signed identity assertion for the upstream (then the proxy forwards)
 }
 
 export function pipelineOf(stages: PipelineStages): readonly Stage[] {
-  const ordered = [stages.hygiene, stages.route, stages.authn, stages.device, stages.authz, stages.limit, stages.assertion];
+  const ordered = [stages.hygiene, stages.route, stages.authn, stages.device, stages.risk, stages.authz, stages.limit, stages.assertion];
   return Object.freeze(ordered.filter((s): s is Stage => s !== undefined));
 }
 

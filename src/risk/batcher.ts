@@ -30,6 +30,8 @@ export interface BatcherOptions {
   topK?: number;
   /** When to run an open batch: setImmediate by default (tests may inject). */
   schedule?: (run: () => void) => void;
+  /** Called with the rows of each run as it starts (the gateway's batch-size histogram). */
+  onRun?: (rows: number) => void;
 }
 
 interface Batch {
@@ -72,6 +74,7 @@ export function createBatcher(model: Pick<RiskModel, 'score'>, opts: BatcherOpti
   async function run(batch: Batch): Promise<void> {
     stats.runs++;
     stats.rows += batch.rows;
+    opts.onRun?.(batch.rows);
     try {
       const { scores, contributions } = await model.score(batch.data, batch.rows);
       for (let r = 0; r < batch.rows; r++) batch.waiters[r]!.resolve({ score: scores[r]!, top: topFeatureIndexes(contributions, r, topK) });

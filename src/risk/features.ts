@@ -65,6 +65,11 @@ export interface TraceEvent extends RequestEvent {
   readonly status: number;
   readonly bytes: number;
   readonly denied?: boolean;
+  /**
+   * The policy refused the request while it was flagged: its response is not folded in (the
+   * gateway's pipeline/risk.ts says why), so the replay leaves it out too.
+   */
+  readonly refusedOnRisk?: boolean;
 }
 
 // ---- The feature specification: names, order and transforms, defined once. ----
@@ -584,7 +589,7 @@ export function createFeatureExtractor(opts: FeatureExtractorOptions = {}): Feat
 export function replayLine<T>(extractor: FeatureExtractor, line: TraceEvent, score: (features: Float32Array) => T, out?: Float32Array): T {
   const features = extractor.observe(line, out);
   const result = score(features);
-  extractor.observeResponse(line);
+  if (line.refusedOnRisk !== true) extractor.observeResponse(line);
   return result;
 }
 

@@ -23,6 +23,9 @@ import { attachUpgradeHandling, isWebSocketUpgrade } from './websocket.ts';
 import { refuseClientRenegotiation } from './tls-renegotiation.ts';
 import { callOptionsFor, type GuardEndpoint, type UpstreamCall } from '../pipeline/upstream-guard.ts';
 import { createStallWatch, sweepIntervalFor } from './send-idle.ts';
+import { observeRiskResponse } from '../pipeline/risk.ts';
+import type { RuntimeRisk } from '../config/risk.ts';
+import type { TraceEvent } from '../risk/features.ts';
 
 
 export interface DataPlaneOptions {
@@ -39,6 +42,12 @@ export interface DataPlaneOptions {
    * client that left (499); open WebSocket sessions are ended, each with its closing line.
    */
   readonly drainDeadline?: AbortSignal;
+  /**
+   * Called for every request folded into the risk model's histories, when its response ends:
+   * a trace line and its score (tests compare them with `ztgw model score`; a debugging tap).
+   */
+  readonly onRiskTrace?: (line: RiskTraceLine) => void;
+  readonly now?: () => number;
   /** Where the TLS files named in the config are. */
   readonly configDir: string;
 }
@@ -68,7 +77,14 @@ interface RequestState {
   clientGone: boolean;
   /** The gateway ended the response: its client stopped reading for sendIdleMs (server/send-idle.ts). */
   stalled: boolean;
+  /** The risk part of the Runtime the request started with: its response is folded into the same histories. */
+  risk: RuntimeRisk | undefined;
+  /** socket.bytesWritten when the request arrived: the response's bytes when it has no Content-Length. */
+  bytesAtStart: number;
 }
+
+/** One request as the risk model saw it, in the `ztgw model score` trace format, with the score it got. */
+export type RiskTraceLine = TraceEvent & { readonly score: number | undefined };
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -237,6 +253,17 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   app.addHook('onClose', async () => upstreams.destroy());
   const stalls = createStallWatch(sweepIntervalFor(server.timeouts.sendIdleMs));
   app.addHook('onClose', async () => stalls.close());
+  const now = opts.now ?? Date.now;
+
+  /** The response side of the risk features (pipeline/risk.ts), once the response has ended. */
+  function feedRisk(state: RequestState, reply: FastifyReply, status: number): void {
+    const risk = state.risk;
+    if (risk === undefined) return;
+    const length = Number(reply.getHeader('content-length'));
+    const bytes = Number.isFinite(length) && length >= 0 ? length : Math.max(0, (reply.raw.socket?.bytesWritten ?? state.bytesAtStart) - state.bytesAtStart);
+    const event = observeRiskResponse(risk.extractor, state.ctx, status, bytes, now);
+    if (event !== undefined && opts.onRiskTrace !== undefined) opts.onRiskTrace({ ...event, score: state.ctx.risk?.score });
+  }
 
   // Bodies are never parsed: they stream to the upstream as they arrive.
   app.removeAllContentTypeParsers();
@@ -295,7 +322,15 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
   function handle(request: FastifyRequest, reply: FastifyReply): void {
     const runtime = holder.current;
     const ctx = newContext(request.raw, request.id, false);
-    const state: RequestState = { ctx, upstreamStartedAt: 0, error: undefined, clientGone: false, stalled: false };
+    const state: RequestState = {
+      ctx,
+      upstreamStartedAt: 0,
+      error: undefined,
+      clientGone: false,
+      stalled: false,
+      risk: runtime.risk,
+      bytesAtStart: request.raw.socket?.bytesWritten ?? 0,
+    };
     request.zt = state;
     const raw = reply.raw as Marked<FastifyReply['raw']>;
     const refuse = (err: unknown): void => {
@@ -314,12 +349,14 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
       // Or the gateway cut it, at the shutdown deadline: a 5xx of its own, whatever was sent;
       // or because its client stopped reading (sendIdleMs): the client's slowness, a 408.
       const cut = opts.drainDeadline?.aborted === true;
+      const status = cut ? 503 : state.stalled ? 408 : 499;
+      feedRisk(state, reply, status);
       record({
         reqId: ctx.id,
         method: request.method,
         path: ctx.path || request.raw.url,
         route: ctx.route?.name,
-        status: cut ? 503 : state.stalled ? 408 : 499,
+        status,
         ms: reply.elapsedTime,
         error: cut
           ? new ShuttingDownError('cut at the shutdown deadline before the answer was complete')
@@ -410,6 +447,7 @@ export function buildDataPlane(opts: DataPlaneOptions): FastifyInstance {
     if (state?.clientGone === true) return done(); // logged as 499 when the client left
     const ctx = state?.ctx;
     const raw = reply.raw as Marked<FastifyReply['raw']>;
+    if (state != null) feedRisk(state, reply, reply.statusCode);
     record({
       reqId: request.id,
       method: request.method,

@@ -1,7 +1,7 @@
 // Starts a real gateway in-process on 127.0.0.1:0 (data and admin planes) from a config
 // object, with its log lines captured so tests can assert on them.
 import { Writable } from 'node:stream';
-import { startGateway, type Gateway } from '../../src/gateway.ts';
+import { startGateway, type Gateway, type GatewayOptions } from '../../src/gateway.ts';
 import type { Config } from '../../src/config/schema.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { stringify } from 'yaml';
@@ -12,7 +12,10 @@ export interface TestGateway extends Gateway {
 }
 
 /** `config` is YAML-shaped input: defaults are filled by the real loader, as for a file. */
-export async function startTestGateway(config: Record<string, unknown>, opts: { dir?: string; now?: () => number } = {}): Promise<TestGateway> {
+export async function startTestGateway(
+  config: Record<string, unknown>,
+  opts: { dir?: string; now?: () => number; onRiskTrace?: GatewayOptions['onRiskTrace'] } = {},
+): Promise<TestGateway> {
   const withPorts = {
     ...config,
     server: {
@@ -30,6 +33,6 @@ export async function startTestGateway(config: Record<string, unknown>, opts: { 
       done();
     },
   });
-  const gateway = await startGateway({ source: { config: parsed, dir }, logDestination: sink, now: opts.now });
+  const gateway = await startGateway({ source: { config: parsed, dir }, logDestination: sink, now: opts.now, onRiskTrace: opts.onRiskTrace });
   return Object.assign(gateway, { logs });
 }
