@@ -12,7 +12,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { createFeatureExtractor, FEATURE_COUNT, FEATURE_NAMES, FEATURE_SPEC_HASH, replayLine, type TraceEvent } from '../../src/risk/features.ts';
+import { createFeatureExtractor, FEATURE_COUNT, FEATURE_GROUPS, FEATURE_NAMES, FEATURE_SPEC_HASH, NOT_SUSPICIOUS_WHEN_HIGH, replayLine, type TraceEvent } from '../../src/risk/features.ts';
 import { FAMILIES } from './generate.ts';
 import { eventOrder } from '../../src/risk/trace.ts';
 
@@ -77,6 +77,6 @@ if (import.meta.main) {
   await writeFile(join(values.out, 'X.npy'), npy(f.X, [f.n, FEATURE_COUNT]));
   await writeFile(join(values.out, 'y.npy'), npy(f.y, [f.n]));
   await writeFile(join(values.out, 'hour.npy'), npy(f.hours, [f.n]));
-  await writeFile(join(values.out, 'meta.json'), JSON.stringify({ features: FEATURE_NAMES, featureSpecHash: FEATURE_SPEC_HASH, families: FAMILIES, traces: values.traces }, null, 2));
+  await writeFile(join(values.out, 'meta.json'), JSON.stringify({ features: FEATURE_NAMES, groups: FEATURE_GROUPS, notSuspiciousWhenHigh: NOT_SUSPICIOUS_WHEN_HIGH, featureSpecHash: FEATURE_SPEC_HASH, families: FAMILIES, traces: values.traces }, null, 2));
   console.log(JSON.stringify({ rows: f.n, featurizeMs: Math.round(ms), usPerLine: +((ms * 1000) / Math.max(1, f.n)).toFixed(2) }));
 }

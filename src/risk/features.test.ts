@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   createFeatureExtractor,
   FEATURE_COUNT,
+  FEATURE_GROUPS,
   FEATURE_NAMES,
   FEATURE_SPEC_HASH,
   networkOf,
@@ -41,8 +42,11 @@ function withHistory() {
 }
 
 describe('feature spec', () => {
-  it('names every feature once and hashes the spec', () => {
+  it('names every feature once, puts each in one group, and hashes the spec', () => {
     expect(new Set(FEATURE_NAMES).size).toBe(FEATURE_COUNT);
+    const grouped = Object.values(FEATURE_GROUPS).flat();
+    expect(grouped).toHaveLength(FEATURE_COUNT);
+    expect(new Set(grouped)).toEqual(new Set(FEATURE_NAMES));
     expect(FEATURE_SPEC_HASH).toMatch(/^[0-9a-f]{16}$/);
   });
 
@@ -213,10 +217,26 @@ describe('per-principal features', () => {
     for (let d = 0; d < 3; d++) for (let m = 0; m < 8 * 60; m += 5) hit({ ts: T0 + d * 24 * HOUR + m * MIN });
     const work = hit({ ts: T0 + 3 * 24 * HOUR + 2 * HOUR });
     const night = hit({ ts: T0 + 3 * 24 * HOUR + 17 * HOUR }); // 02:00 UTC
-    expect(work.hour_unusual).toBeLessThan(0);
-    expect(night.hour_unusual).toBeGreaterThan(3);
+    expect(work.hour_unusual).toBeLessThan(0.2);
+    expect(night.hour_unusual).toBeGreaterThan(2);
     expect(work.hour_gap).toBe(0);
-    expect(night.hour_gap).toBeGreaterThanOrEqual(7);
+    expect(night.hour_gap).toBe(7); // 09:00 is the nearest working hour
+  });
+
+  it('hour of day: a night session stays unusual while it lasts, and counts as one day after it', () => {
+    const { hit } = harness();
+    for (let d = 0; d < 3; d++) for (let m = 0; m < 8 * 60; m += 5) hit({ ts: T0 + d * 24 * HOUR + m * MIN });
+    const nightStart = T0 + 3 * 24 * HOUR + 17 * HOUR; // 02:00 UTC
+    let last = hit({ ts: nightStart });
+    for (let i = 1; i < 300; i++) last = hit({ ts: nightStart + i * 10 * S }); // 50 min, 300 requests
+    expect(last.hour_gap).toBe(7);
+    expect(last.hour_unusual).toBeGreaterThan(2);
+    // The next night at 02:00: one earlier day out of three, so less unusual, but still far from
+    // the hours active on at least max(1, 3/5) earlier days, which 02:00 now is.
+    const next = hit({ ts: nightStart + 24 * HOUR });
+    expect(next.hour_gap).toBe(0);
+    expect(next.hour_unusual).toBeLessThan(last.hour_unusual);
+    expect(next.hour_unusual).toBeGreaterThan(0.5);
   });
 
   it('principal age, own authentication failures', () => {
