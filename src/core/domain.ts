@@ -51,6 +51,11 @@ export interface RiskResult {
   /** Feature names contributing most to the score, largest first. */
   readonly topFeatures: readonly string[];
   readonly modelVersion: string;
+  /**
+   * Requests this principal's feature history holds, this one included. A short history (a
+   * new user, or everyone after a restart) scores high because everything about it is new.
+   */
+  readonly history: number;
 }
 
 /** A posture as policies and the identity assertion name its fields (snake case, `trust`). */

@@ -90,6 +90,6 @@ export function toPolicyInput(ctx: RequestContext, now: Date): PolicyInput {
     risk:
       ctx.risk === undefined
         ? {}
-        : { score: ctx.risk.score, flagged: ctx.risk.flagged, top_features: ctx.risk.topFeatures, model_version: ctx.risk.modelVersion },
+        : { score: ctx.risk.score, flagged: ctx.risk.flagged, top_features: ctx.risk.topFeatures, model_version: ctx.risk.modelVersion, history: ctx.risk.history },
   };
 }

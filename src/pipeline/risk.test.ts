@@ -41,7 +41,7 @@ function ctx(opts: { sub?: string; isPublic?: boolean; path?: string; device?: s
 }
 
 describe('the risk stage', () => {
-  it('observes the request, scores it in a batch and puts score, flag, top features and version on the context', async () => {
+  it('observes the request, scores it in a batch and puts score, flag, top features, version and history on the context', async () => {
     const extractor = createFeatureExtractor();
     const model = fakeModel();
     const scored: RiskResult[] = [];
@@ -55,7 +55,9 @@ describe('the risk stage', () => {
       results.push(c.risk!);
       t += 100; // ten a second: the rate feature climbs
     }
-    expect(results[0]).toMatchObject({ flagged: false, modelVersion: 'm1', topFeatures: [FEATURE_NAMES[2], FEATURE_NAMES[5], FEATURE_NAMES[0]] });
+    expect(results[0]).toMatchObject({ flagged: false, modelVersion: 'm1', topFeatures: [FEATURE_NAMES[2], FEATURE_NAMES[5], FEATURE_NAMES[0]], history: 1 });
+    // The history counts this principal's requests, and only theirs.
+    expect(results.map((r) => r.history)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
     expect(results[0]!.score).toBeLessThan(0.5);
     expect(results.at(-1)!.flagged).toBe(true);
     expect(results.at(-1)!.score).toBeGreaterThan(0.5);
@@ -125,8 +127,8 @@ describe('the risk stage', () => {
 
   it('the policy input carries the risk as policies read it', async () => {
     const c = ctx({ sub: 'alice' });
-    c.risk = { score: 0.93, flagged: true, topFeatures: ['rate_1m'], modelVersion: 'm1' };
-    expect(toPolicyInput(c, new Date()).risk).toEqual({ score: 0.93, flagged: true, top_features: ['rate_1m'], model_version: 'm1' });
+    c.risk = { score: 0.93, flagged: true, topFeatures: ['rate_1m'], modelVersion: 'm1', history: 12 };
+    expect(toPolicyInput(c, new Date()).risk).toEqual({ score: 0.93, flagged: true, top_features: ['rate_1m'], model_version: 'm1', history: 12 });
   });
 });
 
@@ -138,7 +140,7 @@ describe('observeRiskResponse after the stage', () => {
       const c = ctx({ sub: 'alice' });
       extractor.observe({ ts: t, principal: 'alice', device: '', ip: '10.1.2.3', method: 'GET', path: '/' });
       c.riskObserved = { ts: t, principal: 'alice' };
-      c.risk = { score: flagged ? 0.95 : 0.1, flagged, topFeatures: [], modelVersion: 'm' };
+      c.risk = { score: flagged ? 0.95 : 0.1, flagged, topFeatures: [], modelVersion: 'm', history: 1 };
       c.decision = { effect } as RequestContext['decision'];
       return observeRiskResponse(extractor, c, effect === 'deny' ? 403 : 401, 10, () => t);
     };

@@ -16,6 +16,9 @@ import type { Batcher } from '../risk/batcher.ts';
 import { FEATURE_NAMES, type FeatureExtractor, type RequestEvent, type TraceEvent } from '../risk/features.ts';
 import type { RequestContext, Stage } from './context.ts';
 
+/** principal_events is log1p(requests seen): the history length policies read as risk.history. */
+const PRINCIPAL_EVENTS = FEATURE_NAMES.indexOf('principal_events');
+
 export interface RiskStageDeps {
   readonly extractor: FeatureExtractor;
   /** undefined in degraded mode: requests are observed (histories stay warm), not scored. */
@@ -57,6 +60,7 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
     const event = requestEvent(ctx, ts, false);
     // The row is valid until the next observe(); the batcher copies it at once.
     const row = extractor.observe(event);
+    const history = Math.round(Math.expm1(row[PRINCIPAL_EVENTS]!));
     ctx.riskObserved = { ts, principal: event.principal };
     if (batcher === undefined) {
       deps.onUnscored?.(ctx, 'unavailable');
@@ -69,6 +73,7 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
           flagged: scored.score > threshold,
           topFeatures: scored.top.map((i) => FEATURE_NAMES[i]!),
           modelVersion: version,
+          history,
         };
         ctx.risk = risk;
         deps.onScore?.(ctx, risk);

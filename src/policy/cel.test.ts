@@ -32,7 +32,7 @@ const FULL: PolicyInput = {
     stale: false,
     fingerprint_changed: false,
   },
-  risk: { score: 0.12, flagged: false, top_features: ['hour', 'bytes'], model_version: 'v3' },
+  risk: { score: 0.12, flagged: false, top_features: ['hour', 'bytes'], model_version: 'v3', history: 250 },
 };
 
 function evaluate(source: string, input: PolicyInput = FULL): boolean | { error: string } {
@@ -146,6 +146,8 @@ describe('conditions at run time', () => {
     expect(evaluate('device.enrolled && device.owner_match && device.posture.managed && device.posture.trust in ["medium", "high"]')).toBe(true);
     expect(evaluate('!device.stale && request.time - device.posture.last_check_in < duration("48h")')).toBe(true);
     expect(evaluate('risk.score < 0.5 && !risk.flagged && risk.model_version == "v3"')).toBe(true);
+    expect(evaluate('risk.history > 200.0 && risk.history < 300.0')).toBe(true);
+    expect(evaluate('risk.history > 200 && !(risk.history > 250)')).toBe(true); // int literals compare with the double
   });
 
   it('call the helpers', () => {

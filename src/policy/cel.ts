@@ -70,6 +70,7 @@ export const POLICY_CONTEXT = {
     flagged: field(T.bool, 'The score is above the model’s threshold.'),
     top_features: field(T.list(T.string), 'Features that contributed most to the score.'),
     model_version: field(T.string, 'Version of the model that scored the request.'),
+    history: field(T.double, 'Requests this principal’s feature history holds, this one included (new principals, and all after a restart, start at 1).'),
   }),
 } as const satisfies Record<string, CelT>;
 

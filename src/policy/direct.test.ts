@@ -70,6 +70,8 @@ const AWKWARD = [
   '1 < risk.score',
   'risk.flagged || risk.score > 0.9',
   '"hour" in risk.top_features',
+  'risk.flagged && risk.history > 100.0',
+  'risk.history > 100',
   // Claims are any JSON: keys that are JavaScript prototype members or protobuf's
   // `$typeName` (which makes an object a message to @bufbuild/cel, not a map).
   'identity.claims.nested.value == true',
@@ -143,7 +145,7 @@ const BASE: PolicyInput = {
     stale: false,
     fingerprint_changed: false,
   },
-  risk: { score: 0.12, flagged: false, top_features: ['hour', 'bytes'], model_version: 'v3' },
+  risk: { score: 0.12, flagged: false, top_features: ['hour', 'bytes'], model_version: 'v3', history: 250 },
 };
 
 /** JSON values a token's claims can hold, parsed as the gateway parses a token's payload. */

@@ -49,6 +49,7 @@ export interface PolicyInput {
     readonly flagged?: boolean;
     readonly top_features?: readonly string[];
     readonly model_version?: string;
+    readonly history?: number;
   };
 }
 

@@ -32,7 +32,7 @@ const FULL: PolicyInput = {
     stale: false,
     fingerprint_changed: false,
   },
-  risk: { score: 0.12, flagged: false, top_features: ['hour'], model_version: 'v3' },
+  risk: { score: 0.12, flagged: false, top_features: ['hour'], model_version: 'v3', history: 250 },
 };
 
 /** The PolicyInputError `fn` throws; fails the test if it throws nothing or something else. */

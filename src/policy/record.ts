@@ -297,6 +297,7 @@ const INPUT = object({
       flagged: opt(bool),
       top_features: opt(list(str)),
       model_version: opt(str),
+      history: opt(num),
     }),
   ),
 });

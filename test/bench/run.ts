@@ -13,7 +13,11 @@
 // each run, not during it (see dpop-client.ts), and the verifier's in-process cost is
 // measured apart.
 //
-//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator autocannon|wrk --stage-profile 6 --no-policy-reload --only limits]
+//   npm run bench [-- --rounds 5 --duration 6 --warmup 4 --connections 50 --generator autocannon|wrk --stage-profile 6 --no-policy-reload --only limits|risk]
+//
+// The risk stage (issue 15) is measured twice: in the gateway (the JWT route with and without
+// it, saturated and at a fixed rate: the latency it adds), and in process by risk-micro.ts in a
+// child with --expose-gc (bytes per principal, scored requests/s per CPU-second).
 //
 // Last, each JWT-route gateway runs once more under `node --cpu-prof` for --stage-profile
 // seconds (0 skips it) and the bench prints each pipeline stage's CPU per response from the
@@ -44,10 +48,12 @@ import {
   gatewayLimitMemory,
   gatewayLimitRedis,
   gatewayPolicies,
+  gatewayRisk,
   type BenchFixture,
   type RunningTarget,
   type Target,
 } from './targets.ts';
+import { formatRisk, type RiskMicroResult } from './risk-micro.ts';
 import { runWrk, wrkOnPath } from './wrk.ts';
 import { runFixedRate, type FixedRateResult } from './fixed-rate.ts';
 import { random } from '../helpers/random.ts';
@@ -60,6 +66,7 @@ const GATEWAY_POLICIES = 'zt-gateway jwt+policies';
 const GATEWAY_ALLOW_ALL = 'zt-gateway jwt+allow-all';
 const GATEWAY_LIMIT_REDIS = 'zt-gateway jwt+limit redis';
 const GATEWAY_LIMIT_MEMORY = 'zt-gateway jwt+limit memory';
+const GATEWAY_RISK = 'zt-gateway jwt+risk';
 
 // Header pools (DPoP proofs) are sized from the target's fastest run so far: its rate ×
 // the run's duration × this margin (later rounds run faster than a cold warm-up; other
@@ -102,7 +109,8 @@ const { values: flags } = parseArgs({
     // Last, reload-1000.ts: one-file edits in a 1,000-policy set under load (about 12 s).
     'policy-reload': { type: 'boolean', default: true },
     // `--only limits`: the rate-limit comparison alone (bare proxy, the JWT route, and the
-    // same route with a Redis and an in-memory tier), about 3 minutes.
+    // same route with a Redis and an in-memory tier), about 3 minutes. `--only risk`: the
+    // risk stage alone (bare proxy, the JWT route with and without it, risk-micro.ts).
     only: { type: 'string' },
   },
 });
@@ -118,15 +126,17 @@ const ROUNDS = positiveInt('rounds', flags.rounds);
 const DURATION_S = positiveInt('duration', flags.duration);
 const WARMUP_S = positiveInt('warmup', flags.warmup);
 const CONNECTIONS = positiveInt('connections', flags.connections);
-if (flags.only !== undefined && flags.only !== 'limits') {
-  process.stderr.write(`bench: --only takes "limits", not ${flags.only}\n`);
+if (flags.only !== undefined && flags.only !== 'limits' && flags.only !== 'risk') {
+  process.stderr.write(`bench: --only takes "limits" or "risk", not ${flags.only}\n`);
   process.exit(2);
 }
 const ONLY_LIMITS = flags.only === 'limits';
+const ONLY_RISK = flags.only === 'risk';
+const ONLY = ONLY_LIMITS || ONLY_RISK;
 const STAGE_PROFILE_S = flags['stage-profile'] === '0' ? 0 : positiveInt('stage-profile', flags['stage-profile']);
 // The targets whose stages are profiled: the JWT route, without and with the policy stage
 // (with --only limits: without and with a Redis-backed tier).
-const PROFILED = ONLY_LIMITS ? [gatewayJwt, gatewayLimitRedis] : [gatewayJwt, gatewayPolicies, gatewayAllowAll];
+const PROFILED = ONLY_LIMITS ? [gatewayJwt, gatewayLimitRedis] : ONLY_RISK ? [gatewayJwt, gatewayRisk] : [gatewayJwt, gatewayPolicies, gatewayAllowAll];
 const PIPELINING = 1;
 const GENERATOR = chooseGenerator(flags.generator);
 
@@ -174,7 +184,13 @@ const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
 async function main(): Promise<void> {
   // Before any server starts, so nothing competes with it for CPU.
   let decisions = '';
+  let risk = '';
   if (!ONLY_LIMITS) {
+    log('risk stage, in process (test/bench/risk-micro.ts) …');
+    risk = formatRisk(riskMicro());
+    log(risk);
+  }
+  if (!ONLY) {
     log('policy decision time, in process …');
     decisions = formatDecisionResults(measurePolicyDecisions(DECISIONS), DECISIONS);
     log(decisions);
@@ -182,7 +198,9 @@ async function main(): Promise<void> {
 
   const targets: ((fx: BenchFixture) => Target)[] = ONLY_LIMITS
     ? [bareProxy, gatewayJwt, gatewayLimitRedis, gatewayLimitMemory]
-    : [
+    : ONLY_RISK
+      ? [bareProxy, gatewayJwt, gatewayRisk]
+      : [
         echoDirect,
         bareProxy,
         gatewayJwt,
@@ -193,11 +211,12 @@ async function main(): Promise<void> {
         gatewayAllowAll,
         gatewayLimitRedis,
         gatewayLimitMemory,
+        gatewayRisk,
       ];
   // Start-up, warm-up, rounds, and slack: minting proofs before every run (RS256 signing
   // takes ~20 s for a round's pool here) and stopping; past this something is wedged.
   const profiledS = STAGE_PROFILE_S === 0 ? 0 : PROFILED.length * (WARMUP_S + STAGE_PROFILE_S + 40);
-  const fixedRateS = 3 * ROUNDS * (DURATION_S + 5);
+  const fixedRateS = 4 * ROUNDS * (DURATION_S + 5);
   const budgetMs = (targets.length * (WARMUP_S + ROUNDS * DURATION_S) + (ROUNDS + 1) * 60 + 180 + profiledS + fixedRateS) * 1000;
   const overall = setTimeout(() => {
     log(`\nBENCH FAILED: run exceeded its ${budgetMs / 1000} s budget`);
@@ -295,7 +314,7 @@ async function main(): Promise<void> {
 
   // The limit targets' latency below saturation: open loop at a fixed rate, interleaved.
   const fixedRate = new Map<string, FixedRateResult[]>();
-  const atRate = started.filter(({ target }) => [GATEWAY, GATEWAY_LIMIT_REDIS, GATEWAY_LIMIT_MEMORY].includes(target.name));
+  const atRate = started.filter(({ target }) => [GATEWAY, GATEWAY_LIMIT_REDIS, GATEWAY_LIMIT_MEMORY, GATEWAY_RISK].includes(target.name));
   for (let round = 1; atRate.length > 1 && round <= ROUNDS; round++) {
     for (const { target, running } of shuffled(atRate, nextRandom)) {
       const r = await runFixedRate({ url: running.url, headers: await running.headers(), ratePerS: FIXED_RATE, durationS: DURATION_S, connections: CONNECTIONS });
@@ -355,11 +374,12 @@ async function main(): Promise<void> {
   };
   // A rate-limit tier's cost against the same route without one: throughput ratio, and the
   // latency it adds, each as the median over rounds of the within-round difference.
-  const limitLine = (target: string): string => {
+  const limitLine = (target: string, ratioTarget = 'target ≥ 0.85'): string => {
+    if (!results.has(target)) return '';
     const a = results.get(target)!;
     const b = results.get(GATEWAY)!;
     const added = (key: 'p50Ms' | 'p99Ms'): string => median(a.map((r, i) => r[key] - b[i]![key])).toFixed(2);
-    return `${target}/jwt ratio: ${(summaries.get(target)!.reqPerSec / jwtRps).toFixed(2)} / ${perRound(target, GATEWAY)} (target ≥ 0.85); added p50 ${added('p50Ms')} ms, added p99 ${added('p99Ms')} ms (target ≤ 1 ms)\n`;
+    return `${target}/jwt ratio: ${(summaries.get(target)!.reqPerSec / jwtRps).toFixed(2)} / ${perRound(target, GATEWAY)} (${ratioTarget}); added p50 ${added('p50Ms')} ms, added p99 ${added('p99Ms')} ms (target ≤ 1 ms)\n`;
   };
   // Below saturation: each target's median p50/p99 over the fixed-rate rounds, and the added
   // latency as the median of within-round differences to the route without the tier.
@@ -376,12 +396,13 @@ async function main(): Promise<void> {
       : `at a fixed ${FIXED_RATE} req/s, open loop (latency from each request's scheduled time; medians of ${ROUNDS} rounds):\n` +
         `  ${GATEWAY}: p50 ${median(fixedRate.get(GATEWAY)!.map((r) => r.p50Ms)).toFixed(2)} ms, p99 ${median(fixedRate.get(GATEWAY)!.map((r) => r.p99Ms)).toFixed(2)} ms\n` +
         rateLine(GATEWAY_LIMIT_REDIS) +
-        rateLine(GATEWAY_LIMIT_MEMORY);
-  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}${rateLines}`;
+        rateLine(GATEWAY_LIMIT_MEMORY) +
+        rateLine(GATEWAY_RISK);
+  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}${limitLine(GATEWAY_RISK, 'no target')}${rateLines}`;
   const table = `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'CPU µs/req', 'req/s per round'], rows)}\n\n` +
     `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n`;
-  if (ONLY_LIMITS) {
-    process.stdout.write(table + limitLines + (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`));
+  if (ONLY) {
+    process.stdout.write(table + limitLines + (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`) + (risk === '' ? '' : `\n${risk}`));
     return;
   }
   const dpopRps = summaries.get(GATEWAY_DPOP)!.reqPerSec;
@@ -398,11 +419,13 @@ async function main(): Promise<void> {
       `policies/allow-all ratio: ${(policiesRps / allowAllRps).toFixed(2)} / ${perRound(GATEWAY_POLICIES, GATEWAY_ALLOW_ALL)} (target ≥ 0.90)\n` +
       limitLine(GATEWAY_LIMIT_REDIS) +
       limitLine(GATEWAY_LIMIT_MEMORY) +
+      limitLine(GATEWAY_RISK, 'no target') +
       rateLines +
       `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
       `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
       (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`) +
-      `\n${decisions}`,
+      `\n${decisions}` +
+      `\n${risk}`,
   );
 }
 
@@ -443,6 +466,13 @@ async function preflight(name: string, running: RunningTarget): Promise<void> {
   }
 }
 
+/** risk-micro.ts in its own process, with --expose-gc for the memory figure; bounded. */
+function riskMicro(): RiskMicroResult {
+  const out = spawnSync(process.execPath, ['--expose-gc', join(import.meta.dirname, 'risk-micro.ts')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 180_000 });
+  if (out.status !== 0) throw new BenchFailure(`risk-micro.ts exited ${out.status ?? out.signal}`);
+  return JSON.parse(out.stdout) as RiskMicroResult;
+}
+
 /** reload-1000.ts in its own process (its gateway and load must not share this one's loop); bounded. */
 function policyReloadBench(): void {
   log('\npolicy reload: one-file edits in a 1,000-policy set under load (test/bench/reload-1000.ts)');
@@ -453,7 +483,7 @@ function policyReloadBench(): void {
 try {
   await main();
   await cleanup();
-  if (flags['policy-reload'] && !ONLY_LIMITS) policyReloadBench();
+  if (flags['policy-reload'] && !ONLY) policyReloadBench();
 } catch (err) {
   const message = err instanceof BenchFailure ? err.message : ((err as Error).stack ?? String(err));
   log(`\n${'!'.repeat(72)}\nBENCH FAILED: ${message}\n${'!'.repeat(72)}`);

@@ -238,6 +238,21 @@ export function gatewayLimitRedis(fx: BenchFixture): Target {
   return limitTarget(fx, 'zt-gateway jwt+limit redis', 'limit-redis', { redis: { url: fx.redisUrl } }, { name: 'redis', pid: fx.redisPid });
 }
 
+/**
+ * The JWT route with the risk stage on (the shipped model, default batching); no policy reads
+ * the score, so every request is served whatever it scores. One subject sends all the load.
+ */
+export function gatewayRisk(fx: BenchFixture): Target {
+  return {
+    name: 'zt-gateway jwt+risk',
+    async start(opts) {
+      const model = join(BENCH_DIR, '../../models/anomaly.onnx');
+      const gateway = await startGateway(fx, { dir: 'risk', config: { risk: { model } } }, opts);
+      return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
+    },
+  };
+}
+
 export function gatewayLimitMemory(fx: BenchFixture): Target {
   return limitTarget(fx, 'zt-gateway jwt+limit memory', 'limit-memory', { store: 'memory' });
 }

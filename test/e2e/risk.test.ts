@@ -182,6 +182,8 @@ describe('risk-aware decisions', () => {
     expect(denied?.input?.risk ?? denied?.risk).toBeDefined();
     const risk = denied!.input?.risk ?? denied!.risk;
     expect(risk).toMatchObject({ flagged: true, model_version: expect.stringMatching(/^anomaly-/) });
+    // The day of history plus the attacks: hundreds of requests, as the log writes the int.
+    expect(Number(risk.history)).toBeGreaterThan(300);
     expect(risk.score).toBeGreaterThan(0.9);
     expect(risk.top_features).toHaveLength(3);
 
