@@ -277,7 +277,7 @@ const DAY_PART_MS = 12 * HOUR_MS;
 const MIN_HOUR_DAYS = 2;
 
 export interface FeatureExtractorOptions {
-  /** Principals kept (LRU); measured ~1.4 KB each (models/train/bench.ts), so 20,000 ≈ 29 MB. */
+  /** Principals kept (LRU); measured ~2 KB each (test/bench/risk-micro.ts), so 20,000 ≈ 40 MB. */
   maxPrincipals?: number;
   /** Source networks kept for the cross-principal failure counters. */
   maxNetworks?: number;
@@ -485,8 +485,8 @@ export function createFeatureExtractor(opts: FeatureExtractorOptions = {}): Feat
       if (d > maxDays) maxDays = d;
     }
     // Both stay 0 (no opinion) until two earlier days are known: one day of history says little
-    // about a person's hours (measured: on their second day, 3 % of benign requests were 5 or
-    // more hours from the first day's, which blunted the feature for everyone).
+    // about a person's hours (measured: counting second days in, benign gaps of 5 hours or more
+    // were 25 times as common as after two days, which blunted the feature for everyone).
     let hourUnusual = 0;
     let hourGap = 0;
     if (maxDays >= MIN_HOUR_DAYS) {
