@@ -110,7 +110,7 @@ describe('ztgw policy validate', () => {
   it('the shipped examples are valid; each unchecked route name is one warning with its position', async () => {
     const r = await run('validate', EXAMPLES);
     expect(r.code).toBe(0);
-    expect(r.out).toMatch(/^ok: 6 policies, 7 rules, set [0-9a-f]{12}\n$/);
+    expect(r.out).toMatch(/^ok: 6 policies, 8 rules, set [0-9a-f]{12}\n$/);
     const warnings = r.err.trimEnd().split('\n');
     const codeRead = readFileSync(join(EXAMPLES, 'code-read.yaml'), 'utf8');
     expect(warnings).toContain(

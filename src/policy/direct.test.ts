@@ -292,7 +292,9 @@ describe('direct.ts answers as @bufbuild/cel does, or not at all', () => {
   it('every condition used in the shipped and the benchmark policies takes the compiled path', () => {
     const reference = sourcesOfSets().filter((s) => compileCondition(s).ok && !(compileCondition(s) as { condition: CompiledCondition }).condition.direct);
     // The one exception: timestamp arithmetic and duration() are left to @bufbuild/cel.
-    expect(reference).toEqual([expect.stringContaining('request.time - identity.auth_time <= duration("10m")')]);
+    const withDuration = sourcesOfSets().filter((s) => s.includes('request.time - identity.auth_time <= duration("10m")'));
+    expect(withDuration.length).toBeGreaterThan(0);
+    expect(reference).toEqual(withDuration);
   });
 
   it('over 3,000 inputs, well-formed and not, every compiled answer is @bufbuild/cel’s', () => {
