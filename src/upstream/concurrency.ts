@@ -94,26 +94,20 @@ export function createConcurrencyLimits(limits: ReadonlyMap<string, ConcurrencyL
     tryAcquire(upstream, principal) {
       const { max, maxPerPrincipal, counters } = get(upstream);
       if (counters.inFlight >= max) return UPSTREAM_FULL;
-      if (principal === undefined) {
-        counters.inFlight++;
-        let done = false;
-        return () => {
-          if (done) return;
-          done = true;
-          counters.inFlight--;
-        };
+      if (principal !== undefined) {
+        // The per-principal map is kept even when uncapped: the count is what /upstreams and a
+        // later reload that adds a cap would need, and it costs one Map update.
+        const held = counters.byPrincipal.get(principal) ?? 0;
+        if (held >= maxPerPrincipal) return PRINCIPAL_FULL;
+        counters.byPrincipal.set(principal, held + 1);
       }
-      // The per-principal map is kept even when uncapped: the count is what /upstreams and a
-      // later reload that adds a cap would need, and it costs one Map update.
-      const held = counters.byPrincipal.get(principal) ?? 0;
-      if (held >= maxPerPrincipal) return PRINCIPAL_FULL;
-      counters.byPrincipal.set(principal, held + 1);
       counters.inFlight++;
       let done = false;
       return () => {
         if (done) return;
         done = true;
         counters.inFlight--;
+        if (principal === undefined) return;
         const now = (counters.byPrincipal.get(principal) ?? 1) - 1;
         if (now === 0) counters.byPrincipal.delete(principal);
         else counters.byPrincipal.set(principal, now);

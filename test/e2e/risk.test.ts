@@ -8,7 +8,6 @@
 // only after one) and the attacks take ~1,000 requests and a few seconds of real time.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { createHash, createPrivateKey, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -16,6 +15,7 @@ import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { startEchoServer } from '../../src/dev/echo.ts';
 import { createIssuer } from '../../src/dev/issuer.ts';
 import type { RiskTraceLine } from '../../src/server/data-plane.ts';
+import { newDpopKey } from '../helpers/dpop-key.ts';
 import { serveJwks } from '../helpers/jwks-server.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { rawRequest } from '../helpers/http.ts';
@@ -53,22 +53,7 @@ let token: string;
 const trace: RiskTraceLine[] = [];
 
 /** A DPoP key whose proofs carry the gateway's (injected) time. */
-function dpopKey() {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const { crv, kty, x, y } = publicKey.export({ format: 'jwk' });
-  const jkt = createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url');
-  const header = Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: { crv, kty, x, y } })).toString('base64url');
-  const key: KeyObject = createPrivateKey(privateKey.export({ format: 'pem', type: 'pkcs8' }));
-  return {
-    jkt,
-    proof(htu: string, tok: string, method = 'GET'): string {
-      const ath = createHash('sha256').update(tok).digest('base64url');
-      const claims = Buffer.from(JSON.stringify({ htm: method, htu, iat: Math.floor(clock / 1000), jti: randomUUID(), ath })).toString('base64url');
-      return `${header}.${claims}.${sign('sha256', Buffer.from(`${header}.${claims}`), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
-    },
-  };
-}
-const device = dpopKey();
+const device = newDpopKey(() => clock);
 
 // A deterministic "person": a handful of endpoints, a request every 15-105 s.
 let seed = 42;

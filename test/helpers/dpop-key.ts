@@ -5,11 +5,12 @@ import { createHash, createPrivateKey, generateKeyPairSync, randomUUID, sign, ty
 export interface DpopKey {
   /** The key's RFC 7638 thumbprint: what a bound token's cnf.jkt and a device registry name. */
   jkt: string;
-  /** A fresh proof (new jti, iat now) for `htu` and `method`, with `ath` for `token`. */
+  /** A fresh proof (new jti, iat from the key's clock) for `htu` and `method`, with `ath` for `token`. */
   proof(htu: string, token: string, method?: string): string;
 }
 
-export function newDpopKey(): DpopKey {
+/** `now` (epoch ms) sets the proofs' iat: a test driving a gateway's injected clock passes the same one. */
+export function newDpopKey(now: () => number = Date.now): DpopKey {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const { crv, kty, x, y } = publicKey.export({ format: 'jwk' });
   const jkt = createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url');
@@ -19,7 +20,7 @@ export function newDpopKey(): DpopKey {
     jkt,
     proof(htu, token, method = 'GET') {
       const ath = createHash('sha256').update(token).digest('base64url');
-      const claims = Buffer.from(JSON.stringify({ htm: method, htu, iat: Math.floor(Date.now() / 1000), jti: randomUUID(), ath })).toString('base64url');
+      const claims = Buffer.from(JSON.stringify({ htm: method, htu, iat: Math.floor(now() / 1000), jti: randomUUID(), ath })).toString('base64url');
       const signature = sign('sha256', Buffer.from(`${header}.${claims}`), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url');
       return `${header}.${claims}.${signature}`;
     },
