@@ -7,7 +7,7 @@
 //   node_modules/.bin/node models/train/generate.ts --seed 1 --days 4 --out /tmp/train.jsonl
 //
 // Each line is the trace contract ({ts, principal, device, ip, method, path, status, bytes},
-// + authFailure / fingerprintChanged / denied when true) plus "label": "benign" | family.
+// + authFailure / claimedPrincipal / fingerprintChanged / denied when set) plus "label": "benign" | family.
 // A victim's own benign lines during an episode and for 10 min after it carry
 // "context": "after-attack": their features legitimately describe the attack (the windows
 // still hold it), so evaluate.ts leaves them out of the benign side instead of counting
@@ -29,6 +29,8 @@ export interface Line {
   status: number;
   bytes: number;
   authFailure?: true;
+  /** On a failed authentication (principal ''), the subject the credential claimed. */
+  claimedPrincipal?: string;
   fingerprintChanged?: true;
   denied?: true;
   label: 'benign' | Family;
@@ -300,8 +302,9 @@ export function generate(opts: GenerateOptions): Line[] {
     let ts = start;
     let fp = fpAtStart;
     if (t.chance(0.05)) {
-      // An expired token: one refused request, then the client refreshes it.
-      emit({ ts: Math.round(ts), principal: u.name, device, ip: addr(), method: 'GET', path: '/api/v1/me', authFailure: true }, E.me, false).status = 401;
+      // An expired token: one refused request, then the client refreshes it. As the gateway
+      // records it: no verified principal, the token's subject as claimed.
+      emit({ ts: Math.round(ts), principal: '', claimedPrincipal: u.name, device, ip: addr(), method: 'GET', path: '/api/v1/me', authFailure: true }, E.me, false).status = 401;
       lines[lines.length - 1]!.bytes = 120;
       ts += t.uniform(500, 3000);
     }
@@ -427,7 +430,7 @@ export function generate(opts: GenerateOptions): Line[] {
         let ts = start;
         for (let i = 0; i < n; i++) {
           const name = t.chance(0.3) ? t.pick(users).name : `${t.pick(['john', 'anna', 'admin', 'test', 'mike', 'sara'])}${t.int(1, 9999)}@corp.example`;
-          push({ ts: Math.round(ts), principal: name, device: '', ip: ip(net), method: 'GET', path: '/api/v1/me', status: 401, bytes: 120, authFailure: true });
+          push({ ts: Math.round(ts), principal: '', claimedPrincipal: name, device: '', ip: ip(net), method: 'GET', path: '/api/v1/me', status: 401, bytes: 120, authFailure: true });
           ts += t.lognormal(1000 / rate, 0.7);
         }
         return undefined; // no single victim principal

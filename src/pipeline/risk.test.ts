@@ -163,10 +163,26 @@ describe('observeRiskResponse for requests refused before the stage', () => {
     let line: TraceEvent | undefined;
     for (let i = 0; i < 20; i++) line = observeRiskResponse(extractor, ctx(), 401, 50, () => 1_000_000 + i * 100);
     expect(line).toMatchObject({ principal: '', authFailure: true, status: 401, ip: '10.1.2.3' });
+    expect(line).not.toHaveProperty('claimedPrincipal'); // no token presented
     // The network has failed 20 times: a new failing request from it shows it.
     const f = extractor.observe({ ts: 1_003_000, principal: 'x', device: '', ip: '10.1.2.9', method: 'GET', path: '/', authFailure: true });
     expect(f[FEATURE_NAMES.indexOf('net_fail_1m')]).toBeGreaterThan(Math.log1p(15));
     // An unknown principal's failures create no per-principal state (features.ts).
+    expect(extractor.size).toBe(0);
+  });
+
+  it('a refused token\'s claimed subject is recorded apart from the principal, unverified and bounded', () => {
+    const extractor = createFeatureExtractor();
+    const jwt = (claims: object): string => `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`;
+    const refused = (token: string | undefined): TraceEvent | undefined => {
+      const c = ctx();
+      c.accessToken = token;
+      return observeRiskResponse(extractor, c, 401, 50, () => 1_000_000);
+    };
+    expect(refused(jwt({ sub: 'alice', iss: 'https://evil.example/' }))).toMatchObject({ principal: '', claimedPrincipal: 'alice', authFailure: true });
+    expect(refused(jwt({ sub: 'x'.repeat(10_000) }))?.claimedPrincipal).toHaveLength(256);
+    expect(refused('not-a-jwt')).not.toHaveProperty('claimedPrincipal');
+    expect(refused(jwt({ sub: 42 }))).not.toHaveProperty('claimedPrincipal');
     expect(extractor.size).toBe(0);
   });
 

@@ -11,6 +11,7 @@
 // whose conditions on an absent score fail closed (a deny on it matches, an allow does not).
 // Public routes have no principal: they are neither observed nor scored (a shared blank
 // history for every anonymous client would mean nothing), and policies see risk empty there.
+import { decodeJwt } from 'jose';
 import type { RiskResult } from '../core/domain.ts';
 import type { Batcher } from '../risk/batcher.ts';
 import { FEATURE_NAMES, type FeatureExtractor, type RequestEvent, type TraceEvent } from '../risk/features.ts';
@@ -92,6 +93,20 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
  * (the cross-principal failure counters, and the principal's own if it is known), so that
  * credential stuffing and a token probed on many routes are visible to the model.
  */
+/** Longest claimed subject kept: the failing-accounts counter is keyed by it. */
+const MAX_CLAIMED = 256;
+
+/** The `sub` a refused token claims, unverified (features.ts says what it is used for). */
+function claimedSubject(token: string | undefined): string | undefined {
+  if (token === undefined) return undefined;
+  try {
+    const sub = decodeJwt(token).sub;
+    return typeof sub === 'string' && sub !== '' ? sub.slice(0, MAX_CLAIMED) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function observeRiskResponse(extractor: FeatureExtractor, ctx: RequestContext, status: number, bytes: number, now: () => number): TraceEvent | undefined {
   const seen = ctx.riskObserved;
   if (seen !== undefined) {
@@ -108,7 +123,8 @@ export function observeRiskResponse(extractor: FeatureExtractor, ctx: RequestCon
     return line;
   }
   if ((status !== 401 && status !== 403) || ctx.route === undefined || ctx.route.public) return undefined;
-  const line: TraceEvent = { ...requestEvent(ctx, now(), status === 401), status, bytes };
+  const claimed = status === 401 && ctx.identity === undefined ? claimedSubject(ctx.accessToken) : undefined;
+  const line: TraceEvent = { ...requestEvent(ctx, now(), status === 401), ...(claimed !== undefined && { claimedPrincipal: claimed }), status, bytes };
   // Observed once: a refused request is one trace line too (request, then response).
   ctx.riskObserved = { ts: line.ts, principal: line.principal };
   extractor.observe(line);

@@ -254,19 +254,35 @@ describe('cross-principal signals', () => {
   it('counts failures and failing accounts per network and gateway-wide', () => {
     const { x, hit } = harness();
     let f = hit();
-    for (let i = 0; i < 50; i++) f = hit({ ts: T0 + i * S, principal: `victim${i}`, ip: `45.1.2.${i}`, authFailure: true, device: '' });
+    // As the gateway records a refused token: no principal, the subject it claimed.
+    for (let i = 0; i < 50; i++) f = hit({ ts: T0 + i * S, principal: '', claimedPrincipal: `victim${i}`, ip: `45.1.2.${i}`, authFailure: true, device: '' });
     expect(f.net_fail_1m).toBeGreaterThan(Math.log1p(30));
     expect(f.net_fail_accounts_10m).toBeGreaterThan(Math.log1p(40));
     expect(f.gw_fail_1m).toBeGreaterThan(Math.log1p(30));
     expect(f.gw_fail_share_1m).toBeGreaterThan(0.5);
     // The same account failing again is not a new account.
-    const again = hit({ ts: T0 + 51 * S, principal: 'victim0', ip: '45.1.2.200', authFailure: true });
+    const again = hit({ ts: T0 + 51 * S, principal: '', claimedPrincipal: 'victim0', ip: '45.1.2.200', authFailure: true });
     expect(again.net_fail_accounts_10m).toBeCloseTo(f.net_fail_accounts_10m, 1);
     // A successful request elsewhere is not made risky by the burst.
     const ok = hit({ ts: T0 + 52 * S });
     expect(ok.net_fail_1m).toBe(0);
     expect(ok.gw_fail_1m).toBe(0);
     // Unknown failing principals get no state: the LRU keeps the real users.
+    expect(x.size).toBe(1);
+  });
+
+  it('a forged token claiming a real principal counts as a failing account, never in that principal\'s history', () => {
+    const { x, hit } = harness();
+    hit({ principal: 'alice' });
+    let f = hit({ ts: T0 + S, principal: '', claimedPrincipal: 'alice', ip: '45.9.9.9', authFailure: true, device: '' });
+    for (let i = 2; i < 30; i++) f = hit({ ts: T0 + i * S, principal: '', claimedPrincipal: 'alice', ip: '45.9.9.9', authFailure: true, device: '' });
+    // One account (decayed a little over 29 s), not 29.
+    expect(f.net_fail_accounts_10m).toBeGreaterThan(Math.log1p(0.9));
+    expect(f.net_fail_accounts_10m).toBeLessThan(Math.log1p(1.01));
+    expect(f.net_fail_10m).toBeGreaterThan(Math.log1p(25));
+    const own = hit({ ts: T0 + 31 * S, principal: 'alice' });
+    expect(own.auth_fail_10m).toBe(0);
+    expect(own.principal_events).toBeCloseTo(Math.log1p(2), 5);
     expect(x.size).toBe(1);
   });
 });

@@ -45,6 +45,13 @@ export interface RequestEvent {
   readonly path: string;
   /** Authentication failed (bad, expired or revoked token). */
   readonly authFailure?: boolean;
+  /**
+   * A failed authentication without a verified principal (`principal` ''): the subject its
+   * credential claimed, unverified. It only counts as one more account failing from the
+   * source network; it never touches that principal's history, which a forged token could
+   * otherwise fill with failures.
+   */
+  readonly claimedPrincipal?: string;
   /** Device trust saw the passive client traits change (DeviceContext.fingerprintChanged). */
   readonly fingerprintChanged?: boolean;
 }
@@ -132,7 +139,7 @@ const DEFS = [
   ['auth_fail_10m', 'share of own requests failing authentication, 10 min window'],
   ['net_fail_1m', 'log1p(authentication failures from this network), 1 min window, all principals'],
   ['net_fail_10m', 'log1p(authentication failures from this network), 10 min window'],
-  ['net_fail_accounts_10m', 'log1p(distinct principals failing from this network), 10 min window'],
+  ['net_fail_accounts_10m', 'log1p(distinct principals, or subjects claimed by failed credentials, failing from this network), 10 min window'],
   ['gw_fail_1m', 'failed requests only: log1p(authentication failures, gateway-wide), 1 min window; else 0'],
   ['gw_fail_share_1m', 'failed requests only: gateway-wide failures / (requests + 1), 1 min window; else 0'],
 ] as const satisfies readonly (readonly [string, string])[];
@@ -173,7 +180,7 @@ export const FEATURE_GROUPS = Object.freeze({
 export const NOT_SUSPICIOUS_WHEN_HIGH: readonly FeatureName[] = Object.freeze(['dt_log_now', 'ia_log_mean', 'net_age', 'device_age', 'principal_events', 'principal_age']);
 
 /** Bump when a transform, constant or order changes: the hash below changes with it. */
-const SPEC_VERSION = 4;
+const SPEC_VERSION = 5;
 
 /** The spec the model's metadata must repeat; its hash is what the gateway compares. */
 export const FEATURE_SPEC = Object.freeze({
@@ -334,7 +341,7 @@ export function createFeatureExtractor(opts: FeatureExtractorOptions = {}): Feat
       ns[N_FAIL10M] = ns[N_FAIL10M]! * d10 + (failed ? 1 : 0);
       ns[N_ACCT10M] = ns[N_ACCT10M]! * d10;
       if (failed) {
-        const key = `${netKey}|${ev.principal}`;
+        const key = `${netKey}|${ev.principal !== '' ? ev.principal : (ev.claimedPrincipal ?? '')}`;
         const lastFail = failingAccounts.get(key);
         if (lastFail === undefined || ts - lastFail > 600_000) ns[N_ACCT10M] = ns[N_ACCT10M]! + 1;
         failingAccounts.set(key, ts);

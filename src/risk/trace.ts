@@ -59,6 +59,7 @@ export function parseTraceLine(text: string, opts: { label?: boolean } = {}): Tr
     bytes: o.bytes as number,
     ...(typeof o.denied === 'boolean' && { denied: o.denied }),
     ...(typeof o.authFailure === 'boolean' && { authFailure: o.authFailure }),
+    ...(typeof o.claimedPrincipal === 'string' && { claimedPrincipal: o.claimedPrincipal }),
     ...(typeof o.fingerprintChanged === 'boolean' && { fingerprintChanged: o.fingerprintChanged }),
     ...(o.refusedOnRisk === true && { refusedOnRisk: true }),
     ...(typeof o.label === 'string' && { label: o.label }),
