@@ -29,7 +29,8 @@ export const MODEL_USAGE = `usage: ztgw model <command> [options]
 
   Trace lines: {"ts": epoch-ms, "principal", "device", "ip", "method", "path", "status", "bytes"}
   (+ "label": "benign" or a family name, for eval); authFailure, denied, fingerprintChanged and
-  refusedOnRisk are read when true, other fields ignored. A line that does not read is reported
+  refusedOnRisk are read when true, claimedPrincipal (a refused token's subject) when a string,
+  other fields ignored. A line that does not read is reported
   with its line number (exit 2) and nothing is written.
   --model FILE        default models/anomaly.onnx of this checkout
   --meta FILE         default: the model's name with .meta.json for .onnx

@@ -139,6 +139,7 @@ export interface CompileDeps {
     | 'riskFlagged'
     | 'riskUnscored'
     | 'riskBatchRows'
+    | 'riskStageSeconds'
     | 'riskModelUp'
     | 'riskModelLoads'
   >;
@@ -407,9 +408,10 @@ function createRiskStageFor(risk: RuntimeRisk, deps: CompileDeps): Stage {
     threshold: risk.threshold,
     modelVersion: risk.loaded?.model.version,
     now: deps.now,
-    onScore: (ctx, r) => {
+    onScore: (ctx, r, seconds) => {
       const route = ctx.route!.name;
       deps.metrics.riskScore.series(route).observe(r.score);
+      deps.metrics.riskStageSeconds.observe(seconds);
       if (r.flagged) deps.metrics.riskFlagged.inc(route);
     },
     onUnscored: (ctx, reason, err) => {

@@ -50,6 +50,7 @@ export interface GatewayMetrics {
   readonly riskUnscored: Counter<'reason'>;
   /** Rows per model run (micro-batch sizes). */
   readonly riskBatchRows: Histogram;
+  readonly riskStageSeconds: Histogram;
   /** 1 while a model scores, 0 in degraded mode (risk.onModelError: degraded and no model). */
   readonly riskModelUp: Gauge;
   /** Model (re)loads, by result (ok, failed: the running model, or none, stays). */
@@ -194,6 +195,12 @@ export function createMetrics(): GatewayMetrics {
       name: 'ztgw_risk_batch_rows',
       help: 'Rows scored per model run: concurrent requests share one run (micro-batching).',
       buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+      registers,
+    }),
+    riskStageSeconds: new Histogram({
+      name: 'ztgw_risk_stage_seconds',
+      help: 'Time a scored request spent in the risk stage: feature extraction, waiting for its batch and the model run (the latency the stage adds).',
+      buckets: [0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1],
       registers,
     }),
     riskModelUp: new Gauge({

@@ -27,7 +27,8 @@ export interface RiskStageDeps {
   readonly threshold: number;
   readonly modelVersion: string | undefined;
   readonly now?: () => number;
-  readonly onScore?: (ctx: RequestContext, risk: RiskResult) => void;
+  /** `seconds`: the time the stage held the request (extraction, waiting for its batch, the run). */
+  readonly onScore?: (ctx: RequestContext, risk: RiskResult, seconds: number) => void;
   /** A request left unscored: 'inference' (the run failed, `err`), 'unavailable' (no model). */
   readonly onUnscored?: (ctx: RequestContext, reason: 'inference' | 'unavailable', err?: unknown) => void;
 }
@@ -58,6 +59,7 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
   return (ctx: RequestContext) => {
     if (ctx.route!.public || ctx.identity === undefined) return;
     const ts = now();
+    const started = performance.now();
     const event = requestEvent(ctx, ts, false);
     // The row is valid until the next observe(); the batcher copies it at once.
     const row = extractor.observe(event);
@@ -77,7 +79,7 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
           history,
         };
         ctx.risk = risk;
-        deps.onScore?.(ctx, risk);
+        deps.onScore?.(ctx, risk, (performance.now() - started) / 1000);
       },
       (err: unknown) => {
         deps.onUnscored?.(ctx, 'inference', err);

@@ -53,6 +53,7 @@ import {
   type RunningTarget,
   type Target,
 } from './targets.ts';
+import { quantileBetween, scrapeHistogram } from './histogram.ts';
 import { formatRisk, type RiskMicroResult } from './risk-micro.ts';
 import { runWrk, wrkOnPath } from './wrk.ts';
 import { runFixedRate, type FixedRateResult } from './fixed-rate.ts';
@@ -304,6 +305,12 @@ async function main(): Promise<void> {
 
   for (const { target, running } of started) await load(target.name, running, WARMUP_S, 'warm-up');
 
+  // The risk stage's own time, as the gateway measures it (ztgw_risk_stage_seconds), over the
+  // saturated rounds and over the fixed-rate rounds.
+  const riskMetrics = started.find(({ target }) => target.name === GATEWAY_RISK)?.running.metricsUrl;
+  const stageHistogram = (): Promise<Map<number, number>> | undefined => (riskMetrics === undefined ? undefined : scrapeHistogram(riskMetrics, 'ztgw_risk_stage_seconds'));
+  const stageBeforeRounds = await stageHistogram();
+
   const results = new Map<string, RoundResult[]>(started.map(({ target }) => [target.name, []]));
   const nextRandom = random(ORDER_SEED);
   for (let round = 1; round <= ROUNDS; round++) {
@@ -311,6 +318,8 @@ async function main(): Promise<void> {
       results.get(target.name)!.push(await load(target.name, running, DURATION_S, `round ${round}`));
     }
   }
+
+  const stageAfterRounds = await stageHistogram();
 
   // The limit targets' latency below saturation: open loop at a fixed rate, interleaved.
   const fixedRate = new Map<string, FixedRateResult[]>();
@@ -324,6 +333,22 @@ async function main(): Promise<void> {
       await sleep(250);
     }
   }
+
+  const stageAfterRate = await stageHistogram();
+  const stageLine = (what: string, before: Map<number, number> | undefined, after: Map<number, number> | undefined): string => {
+    const q = (p: number): string => {
+      const r = before && after && quantileBetween(before, after, p);
+      return r === undefined ? '–' : r.bound === Infinity ? '> 100 ms' : `≤ ${(r.bound * 1000).toFixed(2)} ms`;
+    };
+    const n = before && after ? (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0) : 0;
+    return `  ${what}: p50 ${q(0.5)}, p99 ${q(0.99)} over ${n} scored requests (target p99 ≤ 1 ms)\n`;
+  };
+  const stageLines =
+    riskMetrics === undefined
+      ? ''
+      : `risk stage time inside the gateway (ztgw_risk_stage_seconds: extraction, waiting for its batch, the model run; bucket bounds):\n` +
+        stageLine(`saturated rounds (${CONNECTIONS} connections)`, stageBeforeRounds, stageAfterRounds) +
+        stageLine(`at a fixed ${FIXED_RATE} req/s`, stageAfterRounds, stageAfterRate);
 
   for (const { running } of started.reverse()) await running.stop();
 
@@ -398,7 +423,7 @@ async function main(): Promise<void> {
         rateLine(GATEWAY_LIMIT_REDIS) +
         rateLine(GATEWAY_LIMIT_MEMORY) +
         rateLine(GATEWAY_RISK);
-  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}${limitLine(GATEWAY_RISK, 'no target')}${rateLines}`;
+  const limitLines = `ratios: of medians / median of per-round ratios\n${limitLine(GATEWAY_LIMIT_REDIS)}${limitLine(GATEWAY_LIMIT_MEMORY)}${limitLine(GATEWAY_RISK, 'no target')}${rateLines}${stageLines}`;
   const table = `\n${formatTable(['target', 'req/s', 'p50 ms', 'p99 ms', 'vs bare', 'CPU µs/req', 'req/s per round'], rows)}\n\n` +
     `all ${responses} measured responses 2xx, no errors (medians of ${ROUNDS} rounds)\n`;
   if (ONLY) {
@@ -421,6 +446,7 @@ async function main(): Promise<void> {
       limitLine(GATEWAY_LIMIT_MEMORY) +
       limitLine(GATEWAY_RISK, 'no target') +
       rateLines +
+      stageLines +
       `CPU µs/req is the serving process's own (all its threads, medians of rounds): bare proxy ${cpuText(BASELINE)}, ` +
       `gateway jwt ${cpuText(GATEWAY)}, gateway dpop ${cpuText(GATEWAY_DPOP)}; the echo upstream and ${GENERATOR} (load generator) use the rest of the cores\n` +
       (stages.length === 0 ? '' : `\n${formatStageShares(stages)}\n`) +

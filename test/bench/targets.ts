@@ -27,6 +27,8 @@ export interface RunningTarget {
    * over headers().
    */
   headerPool?(count: number, durationS: number): Promise<HeaderPool>;
+  /** A gateway's admin /metrics, for figures only the gateway can measure (the risk stage's time). */
+  readonly metricsUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -248,7 +250,7 @@ export function gatewayRisk(fx: BenchFixture): Target {
     async start(opts) {
       const model = join(BENCH_DIR, '../../models/anomaly.onnx');
       const gateway = await startGateway(fx, { dir: 'risk', config: { risk: { model } } }, opts);
-      return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), stop: gateway.stop };
+      return { url: gateway.url, pid: gateway.pid, headers: bearer(fx), metricsUrl: gateway.metricsUrl, stop: gateway.stop };
     },
   };
 }
@@ -291,7 +293,7 @@ interface GatewayVariant {
  * production does. Every gateway target is one of these: they differ only in what the
  * variant adds, so their numbers compare like for like.
  */
-async function startGateway(fx: BenchFixture, variant: GatewayVariant, opts: StartOptions = {}): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
+async function startGateway(fx: BenchFixture, variant: GatewayVariant, opts: StartOptions = {}): Promise<{ url: string; pid: number; metricsUrl: string; stop(): Promise<void> }> {
   // A directory each: a gateway reads (and may watch) files next to its config.
   const dir = join(fx.tmpDir, variant.dir);
   await mkdir(dir, { recursive: true });
@@ -343,6 +345,6 @@ async function startGateway(fx: BenchFixture, variant: GatewayVariant, opts: Sta
     }
     // A profiled gateway writes its profile on exit: give it time to.
     const graceMs = opts.nodeArgs?.length ? 15_000 : undefined;
-    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, pid: child.pid, stop: () => fx.children.stop(child.pid, graceMs) };
+    return { url: `http://127.0.0.1:${port}${BENCH_PATH}`, pid: child.pid, metricsUrl: `http://127.0.0.1:${adminPort}/metrics`, stop: () => fx.children.stop(child.pid, graceMs) };
   }
 }

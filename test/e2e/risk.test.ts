@@ -183,6 +183,7 @@ describe('risk-aware decisions', () => {
     const metrics = await gw.metrics.registry.metrics();
     expect(metrics).toMatch(/ztgw_risk_flagged_total\{route="api"\} [1-9]/);
     expect(metrics).toMatch(/ztgw_risk_score_count\{route="api"\} [1-9]/);
+    expect(metrics).toMatch(/ztgw_risk_stage_seconds_count [1-9]/);
     expect(metrics).toMatch(/ztgw_risk_model_up 1/);
     const ready = (await rawRequest(gw.adminUrl, '/readyz')).json();
     expect(ready.checks).toContainEqual(expect.objectContaining({ name: 'risk-model', ok: true, detail: expect.stringMatching(/^model anomaly-/) }));
