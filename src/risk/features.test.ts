@@ -104,8 +104,12 @@ describe('per-principal features', () => {
     const { hit, now } = withHistory();
     let f = hit({ ts: now });
     expect(f.rate_ratio_1m).toBeLessThan(1);
+    expect(Math.abs(f.rate_ratio_10m)).toBeLessThan(1); // a request a minute, as the baseline
+    const before = f;
     for (let i = 1; i <= 100; i++) f = hit({ ts: now + i * 100, path: '/api/v1/tickets/100' });
     expect(f.rate_1s).toBeGreaterThan(Math.log1p(300));
+    expect(f.rate_1m).toBeGreaterThan(Math.log1p(90)); // ~100 requests in the last 10 s, per minute
+    expect(f.rate_ratio_10m).toBeGreaterThan(before.rate_ratio_10m + 1);
     expect(f.rate_10s).toBeGreaterThan(f.rate_10m);
     expect(f.rate_ratio_10s).toBeGreaterThan(3);
     expect(f.rate_ratio_1m).toBeGreaterThan(2);
@@ -120,7 +124,13 @@ describe('per-principal features', () => {
     expect(f.err4xx_1m).toBeCloseTo(8 / 12.5, 1);
     expect(f.err5xx_1m).toBeCloseTo(4 / 12.5, 1);
     expect(f.deny_1m).toBeCloseTo(4 / 12.5, 1);
+    expect(f.err4xx_10m).toBeCloseTo(8 / 12.5, 1);
+    expect(f.err5xx_10m).toBeCloseTo(4 / 12.5, 1);
     expect(f.deny_10m).toBeGreaterThan(0.25);
+    // The 1 min windows forget within minutes, the 10 min ones keep them.
+    const later = hit({ ts: T0 + 5 * MIN });
+    expect(later.err4xx_1m).toBeLessThan(0.15);
+    expect(later.err4xx_10m).toBeGreaterThan(0.3);
   });
 
   it('distinct templates per window, ids collapsed', () => {
@@ -128,8 +138,10 @@ describe('per-principal features', () => {
     let f = hit();
     for (let i = 1; i < 50; i++) f = hit({ ts: T0 + i * S, path: `/api/v1/tickets/${i}` });
     expect(f.tpl_distinct_1m).toBeLessThan(Math.log1p(2.5));
+    expect(f.tpl_distinct_10m).toBeLessThan(Math.log1p(2.5));
     for (let i = 0; i < 10; i++) f = hit({ ts: T0 + 50 * S + i * S, path: `/api/v1/area${i}/items` });
     expect(f.tpl_distinct_1m).toBeGreaterThan(Math.log1p(8));
+    expect(f.tpl_distinct_10m).toBeGreaterThan(Math.log1p(8));
   });
 
   it('sequential-id enumeration', () => {
@@ -156,6 +168,15 @@ describe('per-principal features', () => {
     expect(a.id_novelty_now).toBeGreaterThan(0);
     expect(a.id_novelty_now).toBeLessThan(1);
     expect(s.id_novelty_1m).toBeGreaterThan(a.id_novelty_1m);
+    expect(s.tpl_novelty_10m).toBeGreaterThan(0);
+    expect(s.id_novelty_10m).toBeGreaterThan(0);
+    // Five minutes of usual polling later, the 1 min window has forgotten it, the 10 min one not.
+    let back = s;
+    for (let i = 1; i <= 30; i++) back = svc.hit({ ts: T0 + 2000 * 10 * S + i * 10 * S, principal: 'svc', path: '/api/v1/queue/jobs' });
+    expect(back.id_novelty_1m).toBeLessThan(0.01);
+    expect(back.id_novelty_10m).toBeGreaterThan(0.01);
+    expect(back.tpl_novelty_10m).toBeGreaterThan(0.01);
+    expect(a.tpl_novelty_10m).toBeLessThan(1e-6); // its two templates were new hours ago
     expect(a.id_new_10m).toBeGreaterThan(0.3);
   });
 
@@ -164,11 +185,23 @@ describe('per-principal features', () => {
     let f = hit({ ts: now });
     expect(Math.abs(f.resp_size_z)).toBeLessThan(1);
     const quiet = f.bytes_10m;
+    const quiet1m = f.bytes_1m;
     for (let i = 1; i <= 5; i++) f = hit({ ts: now + i * 30 * S }, { bytes: 2_000_000 });
+    expect(f.bytes_1m).toBeGreaterThan(quiet1m + 3);
     expect(f.resp_size_z).toBeGreaterThan(3);
     expect(f.resp_size_z_slow).toBeGreaterThan(1);
     expect(f.bytes_10m).toBeGreaterThan(quiet + 3);
     expect(f.bytes_ratio_10m).toBeGreaterThan(3);
+  });
+
+  it('share of writes in the last minute', () => {
+    const { hit } = harness();
+    let f = hit();
+    expect(f.write_1m).toBe(0);
+    for (const [i, method] of ['POST', 'PUT', 'PATCH', 'DELETE'].entries()) f = hit({ ts: T0 + (i + 1) * S, method });
+    expect(f.write_1m).toBeGreaterThan(0.75);
+    f = hit({ ts: T0 + 10 * MIN });
+    expect(f.write_1m).toBeLessThan(0.05);
   });
 
   it('inter-arrival burstiness: regular is negative, bursty is positive', () => {
