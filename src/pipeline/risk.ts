@@ -88,13 +88,6 @@ export function createRiskStage(deps: RiskStageDeps): Stage {
   };
 }
 
-/**
- * The response side, when the response has ended. A request the stage observed gets its
- * status, bytes and the policy's deny. A request refused before the stage (401 by authn,
- * 403 by device trust) is folded in here as a whole: a 401 as an authentication failure
- * (the cross-principal failure counters, and the principal's own if it is known), so that
- * credential stuffing and a token probed on many routes are visible to the model.
- */
 /** Longest claimed subject kept: the failing-accounts counter is keyed by it. */
 const MAX_CLAIMED = 256;
 
@@ -109,6 +102,13 @@ function claimedSubject(token: string | undefined): string | undefined {
   }
 }
 
+/**
+ * The response side, when the response has ended. A request the stage observed gets its
+ * status, bytes and the policy's deny. A request refused before the stage (401 by authn,
+ * 403 by device trust) is folded in here as a whole: a 401 as an authentication failure
+ * (the cross-principal failure counters, and the principal's own if it is known), so that
+ * credential stuffing and a token probed on many routes are visible to the model.
+ */
 export function observeRiskResponse(extractor: FeatureExtractor, ctx: RequestContext, status: number, bytes: number, now: () => number): TraceEvent | undefined {
   const seen = ctx.riskObserved;
   if (seen !== undefined) {
